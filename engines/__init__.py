@@ -1,0 +1,1 @@
+"""Lip-sync backends: the contract (base), the registry, and one package per backend."""

@@ -1,0 +1,158 @@
+"""The backend contract every lip-sync engine implements.
+
+A backend is loaded once per process and shared by every session. The scheduler hands it
+batches of :class:`FrameJob` (one per output slot: the audio window around the slot's time,
+the base frame to animate, the prepared avatar) from a worker thread, never from the event
+loop. Backends declare how much future audio they need (``lookahead_s``) and how many jobs they
+like to receive at once (``batch_size``); the worker groups jobs due in the same tick across
+sessions up to that size.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend could not do what was asked; the message is shown to the user."""
+
+
+class AvatarError(BackendError):
+    """The avatar image cannot be used by this backend (no face, unreadable, too small...)."""
+
+
+@dataclass(frozen=True)
+class AudioWindow:
+    """Audio around one video frame, cut from the session's ring buffer.
+
+    ``pcm`` is 16 kHz mono float32 covering [center - before, center + after);
+    ``mel`` is the log-mel frames (80 bins, 10 ms hop) over the same span, shape (frames, 80).
+    Samples that never arrived (lost packets, not yet received) are zeros, never shifted.
+    """
+
+    center_s: float
+    before_s: float
+    after_s: float
+    pcm: np.ndarray
+    mel: np.ndarray
+    sample_rate: int = 16000
+
+
+@dataclass
+class Avatar:
+    """An avatar prepared once by a backend and reused for every frame of every session.
+
+    ``image`` is the RGB uint8 portrait (None for the live camera). ``data`` holds whatever the
+    backend cached while preparing it (landmarks, latents, masks...).
+    """
+
+    name: str
+    image: np.ndarray | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_camera(self) -> bool:
+        return self.image is None
+
+
+@dataclass
+class FrameJob:
+    """One output frame to generate."""
+
+    stream_id: str  # the session it belongs to, for backends that keep per-stream state
+    slot: int  # output slot index k (time = k / fps)
+    time_s: float  # media time of the slot
+    audio: AudioWindow
+    base_frame: np.ndarray  # RGB uint8 HxWx3 at the output size
+    avatar: Avatar
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``GET /backends`` shows about one backend."""
+
+    name: str
+    description: str
+    available: bool
+    reason: str  # why it is unavailable; empty when available
+    lookahead_ms: float
+    batch_size: int
+    typical_fps: float | None  # measured on this machine at load time, None before loading
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "available": self.available,
+            "reason": self.reason,
+            "lookahead_ms": self.lookahead_ms,
+            "batch_size": self.batch_size,
+            "typical_fps": self.typical_fps,
+        }
+
+
+class Backend(abc.ABC):
+    """Base class of every lip-sync backend.
+
+    Subclasses set the class attributes, may override :meth:`unavailable_reason` to say why
+    they cannot run here (missing weights, no GPU...), and implement :meth:`prepare_avatar` and
+    :meth:`generate`. ``generate`` must return one RGB uint8 frame per job, each the shape of
+    the job's ``base_frame``.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    lookahead_s: ClassVar[float] = 0.0  # future audio each frame needs
+    context_s: ClassVar[float] = 0.2  # past audio each frame needs
+    batch_size: ClassVar[int] = 1  # jobs per generate() call the backend prefers
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when the backend can run here, else a sentence saying why not and what to do."""
+        return None
+
+    def load(self) -> None:
+        """Load models and warm up. Called once per process, in a worker thread."""
+
+    @abc.abstractmethod
+    def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
+        """Prepare an avatar once; ``image`` is RGB uint8, or None for the live camera.
+
+        Raise :class:`AvatarError` with a clear message when the image cannot be used.
+        """
+
+    @abc.abstractmethod
+    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        """Generate one frame per job (RGB uint8, same shape as ``job.base_frame``)."""
+
+    def close_stream(self, stream_id: str) -> None:
+        """Forget per-stream state when a session ends."""
+
+
+
+def describe(cls: type[Backend], reason: str | None, typical_fps: float | None = None) -> BackendInfo:
+    return BackendInfo(
+        name=cls.name,
+        description=cls.description,
+        available=reason is None,
+        reason=reason or "",
+        lookahead_ms=round(cls.lookahead_s * 1000.0, 1),
+        batch_size=cls.batch_size,
+        typical_fps=typical_fps,
+    )
+
+
+def check_frames(jobs: Sequence[FrameJob], frames: Sequence[np.ndarray]) -> None:
+    """Raise BackendError unless ``frames`` matches ``jobs`` one to one in shape and dtype."""
+    if len(frames) != len(jobs):
+        raise BackendError(f"backend returned {len(frames)} frames for {len(jobs)} jobs")
+    for job, frame in zip(jobs, frames):
+        if not isinstance(frame, np.ndarray) or frame.shape != job.base_frame.shape or frame.dtype != np.uint8:
+            got = getattr(frame, "shape", type(frame).__name__)
+            raise BackendError(
+                f"backend returned a frame of shape {got}, expected {job.base_frame.shape} uint8"
+            )

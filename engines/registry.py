@@ -1,0 +1,106 @@
+"""Which backends exist, and loading each one once per process.
+
+Adding a backend is one folder (``engines/<name>/backend.py``) and one line in ``BACKENDS``.
+Backends are imported lazily so that a backend whose dependencies are missing never breaks the
+others: it is listed as unavailable with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+
+import numpy as np
+
+from engines.base import AudioWindow, Backend, BackendInfo, FrameJob, describe
+
+log = logging.getLogger(__name__)
+
+# name -> "module:Class". One line per backend.
+BACKENDS: dict[str, str] = {
+    "passthrough": "engines.passthrough.backend:PassthroughBackend",
+}
+
+DEFAULT_BACKEND = "passthrough"
+FALLBACK_BACKEND = "passthrough"
+
+
+def backend_names() -> list[str]:
+    return list(BACKENDS)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """Import a backend class; raises KeyError for unknown names, ImportError if it cannot load."""
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+class BackendRegistry:
+    """Loads each backend at most once and remembers why one is unavailable."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Backend] = {}
+        self._typical_fps: dict[str, float] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def unavailable_reason(self, name: str) -> str | None:
+        if name in self._errors:
+            return self._errors[name]
+        try:
+            return backend_class(name).unavailable_reason()
+        except Exception as exc:  # an import error must not take the server down
+            return f"cannot import backend {name!r}: {exc}"
+
+    def info(self, name: str) -> BackendInfo:
+        reason = self.unavailable_reason(name)
+        try:
+            cls = backend_class(name)
+        except Exception:
+            return BackendInfo(name, "", False, reason or "cannot import", 0.0, 1, None)
+        return describe(cls, reason, self._typical_fps.get(name))
+
+    def infos(self) -> list[BackendInfo]:
+        return [self.info(name) for name in backend_names()]
+
+    def get(self, name: str) -> Backend:
+        """Return the loaded backend, loading and calibrating it on first use (blocking)."""
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            reason = self.unavailable_reason(name)
+            if reason:
+                raise RuntimeError(reason)
+            try:
+                backend = backend_class(name)()
+                started = time.perf_counter()
+                backend.load()
+                log.info("loaded backend %s in %.1f s", name, time.perf_counter() - started)
+                self._typical_fps[name] = measure_fps(backend)
+            except Exception as exc:
+                self._errors[name] = f"failed to load: {exc}"
+                log.exception("backend %s failed to load", name)
+                raise RuntimeError(self._errors[name]) from exc
+            self._loaded[name] = backend
+            return backend
+
+    def loaded(self) -> list[Backend]:
+        return list(self._loaded.values())
+
+
+def measure_fps(backend: Backend, size: tuple[int, int] = (512, 512), frames: int = 8) -> float:
+    """Frames per second of ``generate`` on a grey camera frame and silence, on this machine."""
+    height, width = size
+    base = np.full((height, width, 3), 128, np.uint8)
+    avatar = backend.prepare_avatar("calibration", None)
+    window = AudioWindow(0.0, 0.2, backend.lookahead_s, np.zeros(3200, np.float32), np.zeros((20, 80), np.float32))
+    jobs = [FrameJob("calibration", i, i / 25.0, window, base, avatar) for i in range(frames)]
+    backend.generate(jobs[:1])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, frames, backend.batch_size):
+        backend.generate(jobs[start : start + backend.batch_size])
+    elapsed = max(time.perf_counter() - started, 1e-6)
+    backend.close_stream("calibration")
+    return round(frames / elapsed, 1)

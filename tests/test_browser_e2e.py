@@ -1,0 +1,335 @@
+"""Browser end-to-end tests: real Chromium, real WebRTC on loopback, real server process.
+
+Chromium's camera and microphone are replaced by a real talking clip (see browser_media.py).
+The tests need Debian's ``chromium`` and ``chromium-driver`` packages; when they are missing
+the tests fail (they never skip), so CI cannot pass without actually running a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+try:
+    from tests.browser_media import make_fake_capture_files
+except ImportError:  # tests/ is not a package and only it is on sys.path
+    from browser_media import make_fake_capture_files
+
+pytestmark = pytest.mark.browser
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SERVER_START_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 20.0
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def fake_media(tmp_path_factory) -> tuple[Path, Path]:
+    """(y4m, wav) fake-capture files made from a real talking clip, once per session."""
+    return make_fake_capture_files(tmp_path_factory.mktemp("browser_media"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as res:
+            return res.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path):
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "<no server output>"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    """The streaming server as a subprocess on a free loopback port."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "stream_server", "serve", "--port", str(port), "--host", "127.0.0.1"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    srv = Server(proc, port, log_path)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while _http_status(f"{srv.url}/healthz") != 200:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"server exited with code {proc.returncode} before /healthz answered:\n"
+                    f"{srv.output()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"server did not answer GET /healthz with 200 within "
+                    f"{SERVER_START_TIMEOUT_S:.0f} s:\n{srv.output()}"
+                )
+            time.sleep(0.2)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@pytest.fixture
+def browser(request, fake_media, server):
+    """A fresh headless Chromium with the talking clip as camera and microphone."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.fail(
+            f"browser tests need {' and '.join(missing)}: install them with "
+            f"`apt-get install chromium chromium-driver`"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    y4m, wav = fake_media
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        f"--use-file-for-fake-video-capture={y4m}",
+        f"--use-file-for-fake-audio-capture={wav}",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1100",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=str(CHROMEDRIVER))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_script_timeout(30)
+    failed_before = request.session.testsfailed
+    try:
+        yield driver
+    finally:
+        # testsfailed is bumped when the call phase's report is logged, before teardown.
+        if request.session.testsfailed > failed_before:
+            _dump_failure(driver, server, request.node.name)
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _dump_failure(driver, server: Server, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        logs = driver.get_log("browser")
+        text = "\n".join(f"{e.get('level')} {e.get('message')}" for e in logs)
+    except Exception as exc:  # the browser may be gone
+        text = f"<could not read the console log: {exc}>"
+    (ARTIFACTS / f"{name}_console.log").write_text(text)
+    (ARTIFACTS / f"{name}_server.log").write_text(server.output())
+    try:
+        driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    except Exception:
+        pass
+
+
+# ----------------------------------------------------------------------------- page helpers
+
+
+def _open_page(driver, server: Server) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(server.url + "/")
+    # Pickers are filled asynchronously from /backends, /avatars and /config.
+    WebDriverWait(driver, 10).until(
+        lambda d: d.execute_script(
+            "return ['backend', 'avatar', 'fps'].every(id => document.getElementById(id).options.length > 0)"
+        ),
+        message="the pickers were never filled from the server",
+    )
+
+
+def _select(driver, select_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element(By.ID, select_id)).select_by_value(value)
+
+
+def _text(driver, element_id: str) -> str:
+    return driver.execute_script(f"return document.getElementById('{element_id}').textContent").strip()
+
+
+def _start_and_wait_playing(driver) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.ID, "start").click()
+
+    def playing(d):
+        err = _text(d, "error")
+        if err:
+            raise AssertionError(f"the page shows an error: {err!r} (status {_text(d, 'status')!r})")
+        return d.execute_script(
+            "const v = document.getElementById('output');"
+            "return v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0 && !v.paused;"
+        )
+
+    WebDriverWait(driver, CONNECT_TIMEOUT_S, poll_frequency=0.2).until(
+        playing, message=f"output video never played (status: {_text(driver, 'status')!r})"
+    )
+
+
+_COUNTERS_JS = """
+const done = arguments[arguments.length - 1];
+const video = document.getElementById('output');
+const pc = window.lipsync && window.lipsync.pc;
+const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
+const out = {t: performance.now(), presented: q ? q.totalVideoFrames : null, decoded: null,
+             width: video.videoWidth, height: video.videoHeight};
+if (!pc) { done(out); return; }
+pc.getStats().then(report => {
+  report.forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'video') out.decoded = r.framesDecoded;
+  });
+  done(out);
+}).catch(e => { out.error = String(e); done(out); });
+"""
+
+
+def _measure_fps(driver, seconds: float) -> dict:
+    """Frame rates of the output video over ``seconds``: decoded (getStats) and presented."""
+    a = driver.execute_async_script(_COUNTERS_JS)
+    time.sleep(seconds)
+    b = driver.execute_async_script(_COUNTERS_JS)
+    dt = (b["t"] - a["t"]) / 1000.0
+    result = {"seconds": dt, "width": b["width"], "height": b["height"]}
+    for key in ("decoded", "presented"):
+        if a.get(key) is not None and b.get(key) is not None:
+            result[f"{key}_fps"] = (b[key] - a[key]) / dt
+    return result
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise AssertionError(f"expected a number, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_passthrough_camera_streams_at_full_rate(browser, server):
+    _open_page(browser, server)
+    _select(browser, "backend", "passthrough")
+    _select(browser, "avatar", "camera")
+    _start_and_wait_playing(browser)
+
+    rates = _measure_fps(browser, 10.0)
+    print("output video:", json.dumps(rates))
+    assert "decoded_fps" in rates, f"no inbound-rtp video stats: {rates}"
+    assert rates["decoded_fps"] >= 20.0, f"output video too slow: {rates}"
+
+    state = browser.execute_script(
+        "return {server: window.lipsync.lastServerStats, browser: window.lipsync.lastBrowserStats,"
+        " session: window.lipsync.sessionId, status: document.getElementById('status').textContent}"
+    )
+    print("page state:", json.dumps(state))
+    assert state["session"], "window.lipsync.sessionId is not set"
+    assert state["status"] == "connected"
+    fps_out = _float(_text(browser, "stat-fps-out"))
+    fps_received = _float(_text(browser, "stat-fps-received"))
+    print(f"stats panel: fps out {fps_out}, fps received {fps_received}")
+    assert fps_out > 0
+    assert fps_received > 0
+    assert _text(browser, "error") == ""
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser_e2e.png"))
+
+    # Stop returns the page to idle and releases the camera.
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "stop").click()
+    assert _text(browser, "status") == "idle"
+    assert browser.execute_script("return window.lipsync.pc") is None
+
+
+def test_bundled_avatar_streams(browser, server):
+    _open_page(browser, server)
+    _select(browser, "backend", "passthrough")
+    _select(browser, "avatar", "astronaut")
+    _start_and_wait_playing(browser)
+
+    rates = _measure_fps(browser, 4.0)
+    print("astronaut output video:", json.dumps(rates))
+    assert rates.get("decoded_fps", 0) >= 15.0, f"output video too slow: {rates}"
+    assert _text(browser, "error") == ""
+
+
+def test_server_refusal_is_shown(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open_page(browser, server)
+    browser.execute_script(
+        "const o = document.createElement('option');"
+        "o.value = o.textContent = 'no-such-backend';"
+        "document.getElementById('backend').append(o);"
+    )
+    _select(browser, "backend", "no-such-backend")
+    browser.find_element(By.ID, "start").click()
+
+    WebDriverWait(browser, CONNECT_TIMEOUT_S).until(
+        lambda d: _text(d, "error") != "", message="no error shown for an unknown backend"
+    )
+    error = _text(browser, "error")
+    print("error shown:", error)
+    assert "passthrough" in error, f"the error does not list the valid backends: {error!r}"
+    assert _text(browser, "status").startswith("failed")
+    # The page cleaned up: no peer connection, start enabled again.
+    assert browser.execute_script("return window.lipsync.pc") is None
+    assert browser.find_element(By.ID, "start").is_enabled()

@@ -1,0 +1,415 @@
+// Browser client for the lip-sync streaming server.
+// Plain JS, no build step: fills the pickers from the server, sends camera + microphone over
+// WebRTC, plays the lip-synced stream it gets back, and shows live statistics from both the
+// browser (pc.getStats) and the server (/ws/stats).
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const DASH = '–';
+
+// Shared state; exposed for tests and for poking at in the console.
+const state = {
+  pc: null,
+  sessionId: null,
+  ws: null,
+  localStream: null,
+  lastServerStats: null,
+  lastBrowserStats: null,
+  statsTimer: null,
+  prevInbound: null, // previous inbound-rtp video report, for framesDecoded deltas
+  running: false,    // true between a successful start and stop
+  config: { fps_choices: [15, 20, 25, 30], default_fps: 25, ice_servers: [], token_required: false },
+};
+window.lipsync = state;
+
+// ---------------------------------------------------------------------------- helpers
+
+function setStatus(text, kind) {
+  const el = $('status');
+  el.textContent = text;
+  el.dataset.state = kind || text;
+}
+
+function showError(message) {
+  $('error').textContent = message || '';
+}
+
+function logEvent(message) {
+  const li = document.createElement('li');
+  const time = new Date().toLocaleTimeString();
+  li.textContent = `${time}  ${message}`;
+  const list = $('events');
+  list.prepend(li);
+  while (list.children.length > 50) list.lastChild.remove();
+}
+
+function fmt(value, digits = 0) {
+  if (value === null || value === undefined || Number.isNaN(value)) return DASH;
+  return typeof value === 'number' ? value.toFixed(digits) : String(value);
+}
+
+function setText(id, text) {
+  $(id).textContent = text;
+}
+
+function authHeaders() {
+  const token = $('token').value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function getJSON(path) {
+  const res = await fetch(path, { headers: authHeaders() });
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+// Reads {error, valid} from a failed response; falls back to the status line.
+async function serverError(res) {
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  let msg = (body && body.error) || `Server answered HTTP ${res.status} ${res.statusText}`;
+  if (body && Array.isArray(body.valid) && body.valid.length) {
+    msg += ` (valid values: ${body.valid.join(', ')})`;
+  }
+  return `The server refused the session: ${msg}`;
+}
+
+function mediaErrorMessage(err) {
+  switch (err && err.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return 'Camera/microphone access was denied. Allow access for this site ' +
+        '(the camera icon in the address bar or the site settings) and press Start again.';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return 'No camera or microphone was found. Connect a camera and a microphone ' +
+        '(and check they are enabled in your system settings), then press Start again.';
+    case 'NotReadableError':
+      return 'The camera or microphone is in use by another application or could not be ' +
+        'started. Close other apps using it and press Start again.';
+    default:
+      return `Could not open the camera/microphone: ${err && err.message ? err.message : err}`;
+  }
+}
+
+// ---------------------------------------------------------------------------- pickers
+
+function fillSelect(select, items, selected) {
+  select.replaceChildren();
+  for (const item of items) {
+    const opt = document.createElement('option');
+    opt.value = item.value;
+    opt.textContent = item.label;
+    if (item.disabled) opt.disabled = true;
+    if (item.title) opt.title = item.title;
+    select.append(opt);
+  }
+  if (selected !== undefined && selected !== null) select.value = String(selected);
+}
+
+function updateBackendInfo() {
+  const opt = $('backend').selectedOptions[0];
+  $('backend-info').textContent = opt ? opt.title || '' : '';
+}
+
+function updateAvatarThumb() {
+  const opt = $('avatar').selectedOptions[0];
+  const img = $('avatar-thumb');
+  const url = opt && opt.dataset.url;
+  img.hidden = !url;
+  if (url) img.src = url; else img.removeAttribute('src');
+}
+
+async function loadChoices() {
+  const [config, backends, avatars] = await Promise.all([
+    getJSON('/config').catch(() => null),
+    getJSON('/backends'),
+    getJSON('/avatars'),
+  ]);
+  if (config) Object.assign(state.config, config);
+  $('token-field').hidden = !state.config.token_required;
+
+  // Backends: unavailable ones stay visible but disabled, with the reason as tooltip.
+  const list = backends.backends || [];
+  fillSelect($('backend'), list.map((b) => {
+    const fps = b.typical_fps ? `, ~${b.typical_fps} fps` : '';
+    return {
+      value: b.name,
+      label: b.available ? b.name : `${b.name} (unavailable)`,
+      disabled: !b.available,
+      title: b.available ? `${b.description || ''}${fps}`.trim() : `Unavailable: ${b.reason || 'unknown reason'}`,
+    };
+  }));
+  const usable = list.filter((b) => b.available).map((b) => b.name);
+  $('backend').value = usable.includes(backends.default) ? backends.default : (usable[0] || '');
+  updateBackendInfo();
+
+  const alist = avatars.avatars || [];
+  fillSelect($('avatar'), alist.map((a) => ({
+    value: a.name,
+    label: a.kind === 'camera' ? `${a.name} (your camera)` : a.name,
+  })), avatars.default);
+  // Keep the thumbnail URL on each option.
+  alist.forEach((a, i) => { if (a.url) $('avatar').options[i].dataset.url = a.url; });
+  updateAvatarThumb();
+
+  fillSelect($('fps'), state.config.fps_choices.map((f) => ({ value: f, label: `${f}` })),
+    state.config.default_fps);
+}
+
+// ---------------------------------------------------------------------------- session
+
+function waitForIceGathering(pc) {
+  // aiortc does no trickle ICE: the offer must carry every candidate.
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') resolve();
+    });
+  });
+}
+
+function setRunningUi(running) {
+  $('start').disabled = running;
+  $('stop').disabled = !running;
+  for (const id of ['avatar', 'backend', 'fps', 'token']) $(id).disabled = running;
+}
+
+function resetStats() {
+  state.lastServerStats = null;
+  state.lastBrowserStats = null;
+  for (const el of $('stats').querySelectorAll('[id^="stat-"]')) el.textContent = DASH;
+}
+
+async function start() {
+  showError('');
+  resetStats();
+  setRunningUi(true);
+  setStatus('connecting');
+  state.running = true;
+
+  try {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      throw Object.assign(new Error('Camera access needs a secure page (https:// or localhost).'),
+        { name: 'InsecureContext' });
+    }
+    try {
+      state.localStream = await navigator.mediaDevices.getUserMedia({
+        video: { width: 640, height: 480 }, audio: true,
+      });
+    } catch (err) {
+      throw Object.assign(new Error(mediaErrorMessage(err)), { userMessage: true });
+    }
+    $('local').srcObject = state.localStream;
+
+    const pc = new RTCPeerConnection({ iceServers: state.config.ice_servers || [] });
+    state.pc = pc;
+    const remote = new MediaStream();
+    $('output').srcObject = remote;
+    pc.addEventListener('track', (ev) => {
+      remote.addTrack(ev.track);
+      $('output').play().catch(() => { /* autoplay blocked: the user can press play */ });
+    });
+    pc.addEventListener('connectionstatechange', onConnectionState);
+    for (const track of state.localStream.getTracks()) {
+      pc.addTransceiver(track, { direction: 'sendrecv' });
+    }
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIceGathering(pc);
+    if (state.pc !== pc) return; // stopped meanwhile
+
+    const res = await fetch('/offer', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...authHeaders() },
+      body: JSON.stringify({
+        sdp: pc.localDescription.sdp,
+        type: 'offer',
+        options: {
+          backend: $('backend').value,
+          avatar: $('avatar').value,
+          fps: Number($('fps').value),
+        },
+      }),
+    });
+    if (!res.ok) throw Object.assign(new Error(await serverError(res)), { userMessage: true });
+    const answer = await res.json();
+    if (state.pc !== pc) { // stopped while the offer was in flight: release the server session
+      fetch(`/sessions/${encodeURIComponent(answer.session_id)}`, { method: 'DELETE' }).catch(() => {});
+      return;
+    }
+    state.sessionId = answer.session_id;
+    const opts = answer.options || {};
+    logEvent(`session ${answer.session_id} started` +
+      (opts.backend ? ` (backend ${opts.backend}, avatar ${opts.avatar}, ${opts.fps} fps)` : ''));
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+
+    openStatsSocket(answer.session_id);
+    state.statsTimer = setInterval(pollBrowserStats, 1000);
+  } catch (err) {
+    console.error(err);
+    const msg = err.userMessage ? err.message : `Could not start: ${err.message || err}`;
+    showError(msg);
+    await stop({ keepError: true });
+    setStatus(`failed: ${msg.split('. ')[0]}`, 'failed'); // first sentence; details in #error
+  }
+}
+
+function onConnectionState() {
+  const pc = state.pc;
+  if (!pc || this !== pc) return;
+  const s = pc.connectionState;
+  if (s === 'connected') {
+    setStatus('connected');
+  } else if (s === 'failed') {
+    const msg = 'The media connection failed. Check that a firewall is not blocking UDP, ' +
+      'or configure a TURN server (ice_servers) if the server is behind NAT.';
+    showError(msg);
+    setStatus('failed: connection failed', 'failed');
+    stop({ keepError: true, keepStatus: true });
+  } else if (s === 'disconnected') {
+    setStatus('connecting', 'connecting');
+    logEvent('connection interrupted, trying to recover');
+  }
+}
+
+async function stop({ keepError = false, keepStatus = false } = {}) {
+  const sessionId = state.sessionId;
+  state.running = false;
+  clearInterval(state.statsTimer);
+  state.statsTimer = null;
+  state.prevInbound = null;
+  if (state.ws) {
+    const ws = state.ws;
+    state.ws = null; // mark as an intentional close before closing
+    ws.close();
+  }
+  if (state.pc) {
+    state.pc.close();
+    state.pc = null;
+  }
+  if (state.localStream) {
+    state.localStream.getTracks().forEach((t) => t.stop());
+    state.localStream = null;
+  }
+  $('local').srcObject = null;
+  $('output').srcObject = null;
+  state.sessionId = null;
+  setRunningUi(false);
+  if (!keepError) showError('');
+  if (!keepStatus) setStatus('idle');
+  if (sessionId) {
+    logEvent(`session ${sessionId} stopped`);
+    fetch(`/sessions/${encodeURIComponent(sessionId)}`, { method: 'DELETE', headers: authHeaders() })
+      .catch(() => { /* the server may already have dropped it */ });
+  }
+}
+
+// ---------------------------------------------------------------------------- server stats
+
+function openStatsSocket(sessionId) {
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  let url = `${proto}//${location.host}/ws/stats?session=${encodeURIComponent(sessionId)}`;
+  const token = $('token').value.trim();
+  if (token) url += `&token=${encodeURIComponent(token)}`;
+  const ws = new WebSocket(url);
+  state.ws = ws;
+  let failed = false;
+  ws.addEventListener('message', (ev) => {
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch (_) { return; }
+    if (msg.type === 'stats') {
+      state.lastServerStats = msg;
+      renderServerStats(msg);
+    } else if (msg.type === 'event') {
+      logEvent(msg.message);
+    } else if (msg.type === 'closed') {
+      logEvent(`server closed the session${msg.reason ? `: ${msg.reason}` : ''}`);
+    }
+  });
+  ws.addEventListener('error', () => {
+    if (state.ws !== ws) return;
+    failed = true;
+    showError('Live server statistics are unavailable: the WebSocket connection to ' +
+      '/ws/stats failed. The video may still work; check proxies that block WebSockets.');
+  });
+  ws.addEventListener('close', (ev) => {
+    if (state.ws !== ws) return; // closed by stop()
+    state.ws = null;
+    if (!failed && ev.code !== 1000) logEvent(`stats connection closed (code ${ev.code})`);
+  });
+}
+
+function renderServerStats(s) {
+  const frames = s.frames || {};
+  const lat = s.latency_ms || {};
+  setText('stat-fps-out', fmt(s.fps_out, 1));
+  setText('stat-generated', fmt(frames.generated));
+  setText('stat-interpolated', fmt(frames.interpolated));
+  setText('stat-repeated', fmt(frames.repeated));
+  setText('stat-dropped', fmt(frames.dropped));
+  setText('stat-latency', `${fmt(lat.p50)} / ${fmt(lat.p95)}`);
+  setText('stat-delay', fmt(s.delay_ms));
+}
+
+// ---------------------------------------------------------------------------- browser stats
+
+async function pollBrowserStats() {
+  const pc = state.pc;
+  if (!pc) return;
+  let report;
+  try { report = await pc.getStats(); } catch (_) { return; }
+  let inbound = null;
+  let pair = null;
+  let selectedPairId = null;
+  report.forEach((r) => {
+    if (r.type === 'inbound-rtp' && (r.kind === 'video' || r.mediaType === 'video')) inbound = r;
+    if (r.type === 'transport' && r.selectedCandidatePairId) selectedPairId = r.selectedCandidatePairId;
+  });
+  report.forEach((r) => {
+    if (r.type !== 'candidate-pair') return;
+    if (selectedPairId ? r.id === selectedPairId : (r.nominated && r.state === 'succeeded')) pair = r;
+  });
+
+  const out = { fps: null, jitterBufferMs: null, freezes: null, rttMs: null, framesDropped: null,
+    framesDecoded: null };
+  if (inbound) {
+    out.framesDecoded = inbound.framesDecoded ?? null;
+    const prev = state.prevInbound;
+    if (typeof inbound.framesPerSecond === 'number') {
+      out.fps = inbound.framesPerSecond;
+    } else if (prev && inbound.framesDecoded !== undefined && inbound.timestamp > prev.timestamp) {
+      out.fps = (inbound.framesDecoded - prev.framesDecoded) * 1000 / (inbound.timestamp - prev.timestamp);
+    }
+    if (inbound.jitterBufferEmittedCount > 0) {
+      out.jitterBufferMs = 1000 * inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount;
+    }
+    out.freezes = inbound.freezeCount ?? null;
+    out.framesDropped = inbound.framesDropped ?? null;
+    state.prevInbound = { timestamp: inbound.timestamp, framesDecoded: inbound.framesDecoded };
+  }
+  if (pair && typeof pair.currentRoundTripTime === 'number') out.rttMs = pair.currentRoundTripTime * 1000;
+
+  state.lastBrowserStats = out;
+  setText('stat-fps-received', fmt(out.fps, 1));
+  setText('stat-jitter-buffer', fmt(out.jitterBufferMs));
+  setText('stat-freezes', fmt(out.freezes));
+  setText('stat-rtt', fmt(out.rttMs));
+  setText('stat-frames-dropped', fmt(out.framesDropped));
+}
+
+// ---------------------------------------------------------------------------- wiring
+
+$('start').addEventListener('click', start);
+$('stop').addEventListener('click', () => stop());
+$('backend').addEventListener('change', updateBackendInfo);
+$('avatar').addEventListener('change', updateAvatarThumb);
+$('avatar-thumb').addEventListener('error', (ev) => { ev.target.hidden = true; });
+window.addEventListener('pagehide', () => { if (state.running) stop(); });
+
+setStatus('idle');
+loadChoices().catch((err) => {
+  console.error(err);
+  showError(`Could not load the server's options (${err.message}). Is the server running? Reload to retry.`);
+  $('start').disabled = true;
+});
