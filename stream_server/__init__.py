@@ -1,0 +1,1 @@
+"""Real-time lip-sync streaming server: transport, sessions, audio in, scheduler, CLI."""

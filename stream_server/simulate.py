@@ -31,6 +31,7 @@ def simulate(
     audio_chunk_s: float = 0.02,
     audio_delay_s: Callable[[int], float] = lambda chunk: 0.0,
     audio_end_s: float = math.inf,
+    on_chunk: Callable[[int], None] | None = None,
     on_emit: Callable[[float, Emission[Frame]], None] | None = None,
 ) -> SimulatedRun[Frame]:
     """Run until every slot before ``duration_s`` has been sent.
@@ -38,6 +39,7 @@ def simulate(
     ``generate`` makes the frames for the slots handed out (called when a job starts),
     ``service_s(slot)`` says how long the job takes, ``audio_delay_s(chunk)`` how late chunk n
     arrives, and ``audio_end_s`` where the audio ends (after it, everything counts as arrived).
+    ``on_chunk(n)`` is called as chunk n arrives, ``on_emit`` as each slot is sent.
     """
     run: SimulatedRun[Frame] = SimulatedRun()
     cfg = scheduler.config
@@ -59,6 +61,8 @@ def simulate(
             run.finished[slot] = finished
             scheduler.completed(slot, frame, finished, service_s(slot))
         while horizon() != math.inf and chunk_arrival(chunk) <= now + 1e-12:
+            if on_chunk:
+                on_chunk(chunk)
             chunk += 1
         due = [s for s in scheduler.poll(now, horizon()) if s <= last_slot]
         if due:

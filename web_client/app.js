@@ -400,6 +400,7 @@ async function pollBrowserStats() {
 
 // ---------------------------------------------------------------------------- wiring
 
+$('controls').addEventListener('submit', (ev) => ev.preventDefault()); // Enter must not reload
 $('start').addEventListener('click', start);
 $('stop').addEventListener('click', () => stop());
 $('backend').addEventListener('change', updateBackendInfo);

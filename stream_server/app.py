@@ -1,0 +1,267 @@
+"""HTTP routes: signalling, backends, avatars, health, metrics, live stats, and the web client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from aiohttp import WSMsgType, web
+from aiortc import RTCSessionDescription
+
+from engines.base import Avatar, AvatarError
+from engines.registry import BackendRegistry
+from stream_server import metrics
+from stream_server.avatars import AvatarLibrary
+from stream_server.config import FPS_CHOICES, Settings
+from stream_server.options import OptionError, SessionOptions, parse_options
+from stream_server.session import OfferError, Session
+from stream_server.worker import BackendWorker
+
+log = logging.getLogger(__name__)
+
+WEB_CLIENT = Path(__file__).resolve().parents[1] / "web_client"
+SERVER: web.AppKey["Server"] = web.AppKey("server")
+STATS_INTERVAL_S = 0.5
+
+
+def error(status: int, message: str, valid: list[Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if valid is not None:
+        body["valid"] = valid
+    return web.json_response(body, status=status)
+
+
+class Server:
+    """Everything shared by the sessions of one process: settings, avatars, loaded backends."""
+
+    def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
+        self.settings = settings
+        self.avatars = AvatarLibrary(settings.avatar_files)
+        self.registry = registry or BackendRegistry()
+        self.sessions: dict[str, Session] = {}
+        self._workers: dict[str, BackendWorker] = {}
+        self._prepared: dict[tuple[str, str, int, int], Avatar] = {}
+        self._load_lock = asyncio.Lock()
+
+    async def worker(self, backend: str) -> BackendWorker:
+        """The backend's shared worker, loading the backend on first use (off the loop)."""
+        async with self._load_lock:
+            if backend not in self._workers:
+                loaded = await asyncio.to_thread(self.registry.get, backend)
+                self._workers[backend] = BackendWorker(loaded)
+            return self._workers[backend]
+
+    async def prepared_avatar(self, options: SessionOptions) -> Avatar:
+        key = (options.backend, options.avatar, options.width, options.height)
+        if key not in self._prepared:
+            worker = await self.worker(options.backend)
+            image = self.avatars.image(options.avatar)
+            self._prepared[key] = await asyncio.to_thread(worker.backend.prepare_avatar, options.avatar, image)
+        return self._prepared[key]
+
+    async def open_session(self, sdp: str, kind: str, options: SessionOptions) -> tuple[Session, RTCSessionDescription]:
+        worker = await self.worker(options.backend)
+        avatar = await self.prepared_avatar(options)
+        session = Session(
+            options,
+            worker.backend,
+            worker,
+            avatar,
+            typical_fps=self.registry.info(options.backend).typical_fps,
+            min_budget_s=self.settings.min_budget_ms / 1000.0,
+            ice_servers=self.settings.ice_servers,
+        )
+        try:
+            answer = await session.accept(sdp, kind)
+        except BaseException:
+            await session.close("offer rejected")
+            raise
+        self.sessions[session.id] = session
+        metrics.SESSIONS_TOTAL.inc()
+        asyncio.create_task(self._forget_when_closed(session))
+        return session, answer
+
+    async def _forget_when_closed(self, session: Session) -> None:
+        await session.closed.wait()
+        self.sessions.pop(session.id, None)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(s.close("server shutting down") for s in list(self.sessions.values())))
+        for worker in self._workers.values():
+            worker.stop()
+
+
+# -- middleware ------------------------------------------------------------------------------
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """API errors are JSON with a readable ``error``; nothing unexpected reaches the client raw."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SERVER].settings.max_body_bytes
+        return error(413, f"request body too large: the limit is {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal server error; the server log has the details")
+
+
+# -- routes ----------------------------------------------------------------------------------
+async def offer(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return error(400, "the body must be JSON: {\"sdp\": ..., \"type\": \"offer\", \"options\": {...}}")
+    if not isinstance(body, dict):
+        return error(400, "the body must be a JSON object with sdp, type and options")
+    sdp, kind = body.get("sdp"), body.get("type")
+    if kind != "offer":
+        return error(400, f"type must be \"offer\", got {kind!r}", ["offer"])
+    if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
+        return error(400, "sdp must be a session description (text starting with \"v=0\")")
+    if "\nm=" not in sdp:
+        return error(400, "the SDP has no media sections (m= lines): send the offer of a peer connection with a video transceiver")
+    try:
+        options = parse_options(body.get("options"), server.settings, server.avatars, server.registry)
+    except OptionError as exc:
+        return error(400, str(exc), exc.valid)
+    try:
+        session, answer = await server.open_session(sdp, kind, options)
+    except OfferError as exc:
+        return error(400, str(exc))
+    except AvatarError as exc:
+        return error(422, f"avatar {options.avatar!r} cannot be used with {options.backend}: {exc}")
+    except RuntimeError as exc:  # the backend failed to load
+        return error(503, str(exc))
+    return web.json_response(
+        {"sdp": answer.sdp, "type": answer.type, "session_id": session.id, "options": options.to_json()}
+    )
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    session = server.sessions.get(request.match_info["session_id"])
+    if session is None:
+        return error(404, "no such session (it may have ended already)")
+    await session.close("closed by the client")
+    return web.json_response({"closed": session.id})
+
+
+async def backends(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    infos = await asyncio.to_thread(server.registry.infos)
+    return web.json_response({"default": server.settings.backend, "backends": [i.to_json() for i in infos]})
+
+
+async def avatars(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    listed = [server.avatars.source(name).to_json() for name in server.avatars.names()]
+    return web.json_response({"default": server.settings.avatar, "avatars": listed})
+
+
+async def avatar_thumbnail(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    name = request.match_info["name"]
+    if name not in server.avatars.names() or server.avatars.source(name).kind != "image":
+        return error(404, f"no image avatar named {name!r}", server.avatars.names())
+    jpeg = await asyncio.to_thread(server.avatars.thumbnail_jpeg, name)
+    return web.Response(body=jpeg, content_type="image/jpeg")
+
+
+async def config(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    return web.json_response(
+        {
+            "fps_choices": list(FPS_CHOICES),
+            "default_fps": server.settings.fps,
+            "ice_servers": server.settings.ice_servers,
+            "token_required": False,
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    return web.json_response({"status": "ok", "sessions": len(server.sessions)})
+
+
+async def metrics_route(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    metrics.SESSIONS.set(len(server.sessions))
+    for session in server.sessions.values():
+        fps = session.stats.fps_out()
+        metrics.FPS_OUT.labels(session.id).set(fps or 0.0)
+    return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def stats_socket(request: web.Request) -> web.StreamResponse:
+    """Pushes the session's stats twice a second, its events as they happen, then why it closed."""
+    server: Server = request.app[SERVER]
+    session = server.sessions.get(request.query.get("session", ""))
+    if session is None:
+        return error(404, "no such session: open /ws/stats?session=<session_id from /offer>")
+    socket = web.WebSocketResponse(heartbeat=10.0)
+    await socket.prepare(request)
+    reader = asyncio.create_task(_drain(socket))
+    closed = asyncio.create_task(session.closed.wait())
+    sent_events = 0
+    try:
+        while not socket.closed and not session.closed.is_set():
+            events = list(session.events)
+            for message in events[sent_events:]:
+                await socket.send_json({"type": "event", "message": message})
+            sent_events = len(events)
+            await socket.send_json(session.snapshot())
+            await asyncio.wait([reader, closed], timeout=STATS_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                break
+        if session.closed.is_set() and not socket.closed:
+            await socket.send_json({"type": "closed", "reason": session.close_reason})
+    except (ConnectionError, RuntimeError):
+        pass  # the page went away
+    finally:
+        reader.cancel()
+        closed.cancel()
+        await socket.close()
+    return socket
+
+
+async def _drain(socket: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the page sends, so a close from its side is noticed."""
+    async for message in socket:
+        if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            break
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_CLIENT / "index.html")
+
+
+def create_app(settings: Settings, registry: BackendRegistry | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    server = Server(settings, registry)
+    app[SERVER] = server
+    app.router.add_post("/offer", offer)
+    app.router.add_delete("/sessions/{session_id}", delete_session)
+    app.router.add_get("/backends", backends)
+    app.router.add_get("/avatars", avatars)
+    app.router.add_get("/avatars/{name}.jpg", avatar_thumbnail)
+    app.router.add_get("/config", config)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_route)
+    app.router.add_get("/ws/stats", stats_socket)
+    app.router.add_get("/", index)
+    app.router.add_static("/", WEB_CLIENT, show_index=False)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await server.shutdown()
+
+    app.on_shutdown.append(on_shutdown)
+    return app

@@ -1,0 +1,89 @@
+"""The avatars a session can pick: the live camera, the bundled portrait, and image files."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+CAMERA = "camera"
+BUNDLED = {"astronaut": ASSETS / "astronaut.jpg"}
+MAX_SIDE = 1920  # larger images are scaled down when loaded
+THUMBNAIL_SIDE = 160
+
+
+class AvatarFileError(ValueError):
+    """An avatar image that cannot be read; the message says which file and why."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 image from a file, scaled down to at most MAX_SIDE, with even sides."""
+    if not path.is_file():
+        raise AvatarFileError(f"avatar image {path} does not exist")
+    data = np.fromfile(str(path), np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise AvatarFileError(f"{path} is not an image OpenCV can read (use a JPEG or PNG)")
+    height, width = bgr.shape[:2]
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    size = (max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2))
+    if size != (width, height):
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class AvatarSource:
+    name: str
+    kind: str  # "camera" or "image"
+    path: Path | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        url = f"/avatars/{self.name}.jpg" if self.kind == "image" else None
+        return {"name": self.name, "kind": self.kind, "url": url}
+
+
+class AvatarLibrary:
+    """Avatar names -> sources; images are read once and kept."""
+
+    def __init__(self, files: list[Path] | None = None) -> None:
+        self._sources: dict[str, AvatarSource] = {CAMERA: AvatarSource(CAMERA, "camera")}
+        for name, path in BUNDLED.items():
+            self._sources[name] = AvatarSource(name, "image", path)
+        for path in files or []:
+            read_image(path)  # fail at start-up, with the file named, rather than at the first session
+            name = path.stem
+            while name in self._sources:
+                name += "_"
+            self._sources[name] = AvatarSource(name, "image", path)
+        self._images: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return list(self._sources)
+
+    def source(self, name: str) -> AvatarSource:
+        return self._sources[name]
+
+    def image(self, name: str) -> np.ndarray | None:
+        """RGB image of an avatar (None for the camera). Callers must not modify it."""
+        source = self._sources[name]
+        if source.path is None:
+            return None
+        with self._lock:
+            if name not in self._images:
+                self._images[name] = read_image(source.path)
+            return self._images[name]
+
+    def thumbnail_jpeg(self, name: str) -> bytes:
+        image = self.image(name)
+        if image is None:
+            raise KeyError(name)
+        scale = THUMBNAIL_SIDE / max(image.shape[:2])
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        return jpeg.tobytes()

@@ -1,0 +1,146 @@
+"""``python -m stream_server <command>``: serve, render."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import logging
+import sys
+from pathlib import Path
+
+from engines.registry import DEFAULT_BACKEND, backend_names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stream_server",
+        description="Real-time lip-sync streaming server: WebRTC in, lip-synced avatar out.",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="start the server and its web page", description="Start the WebRTC server and serve the web client.")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=None, help="port to bind (default 8080; 0 picks a free one)")
+    serve.add_argument("--backend", default=None, choices=backend_names(), help=f"default backend for new sessions (default {DEFAULT_BACKEND})")
+    serve.add_argument("--avatar", default=None, help="default avatar for new sessions (camera, astronaut, or the name of an --avatar-file)")
+    serve.add_argument("--avatar-file", action="append", type=Path, default=[], metavar="IMAGE", help="add an image file as an avatar, named after the file (repeatable)")
+    serve.add_argument("--fps", type=int, default=None, help="default output frame rate (default 25)")
+    serve.add_argument("--ice-server", action="append", default=[], metavar="URL", help="STUN/TURN server URL for the server and the page (repeatable)")
+
+    render = commands.add_parser("render", help="lip-sync an image or video to an audio file", description="Run the streaming pipeline on files and write an MP4 (H.264 + AAC).")
+    render.add_argument("--avatar", required=True, help="an image, a video (a recorded camera), or a bundled avatar name (astronaut)")
+    render.add_argument("--audio", required=True, type=Path, help="speech to lip-sync (any format FFmpeg reads)")
+    render.add_argument("-o", "--output", required=True, type=Path, help="the MP4 to write")
+    render.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
+    render.add_argument("--fps", type=int, default=25)
+    render.add_argument("--width", type=int, default=None, help="output width (default: the avatar's)")
+    render.add_argument("--height", type=int, default=None, help="output height (default: the avatar's)")
+    render.add_argument(
+        "--timing",
+        choices=["ideal", "realtime"],
+        default="ideal",
+        help="ideal: every frame generated; realtime: the backend takes its real time on this machine, "
+        "so frames are dropped and interpolated as a live session here would (default ideal)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    if args.command == "serve":
+        return serve(args)
+    return render_command(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from stream_server.avatars import AvatarFileError
+    from stream_server.config import Settings
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "backend": args.backend,
+            "avatar": args.avatar,
+            "fps": args.fps,
+        }.items()
+        if value is not None
+    }
+    if args.avatar_file:
+        overrides["avatar_files"] = args.avatar_file
+    if args.ice_server:
+        overrides["ice_servers"] = [{"urls": url} for url in args.ice_server]
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_server(settings))
+    except AvatarFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"error: port {settings.port} on {settings.host} is in use; pick another with --port", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined]  # noqa: F821
+    from aiohttp import web
+
+    from stream_server.app import SERVER, create_app
+
+    app = create_app(settings)
+    server = app[SERVER]
+    if settings.avatar not in server.avatars.names():
+        raise SystemExit(f"error: unknown default avatar {settings.avatar!r}; valid: {', '.join(server.avatars.names())}")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    print(f"Serving on http://{host}:{port}  (backend {settings.backend}; open it in a browser, Ctrl-C stops)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def render_command(args: argparse.Namespace) -> int:
+    from stream_server.render import RenderError, render
+
+    size = None
+    if (args.width is None) != (args.height is None):
+        print("error: give both --width and --height, or neither", file=sys.stderr)
+        return 2
+    if args.width is not None:
+        size = (args.width // 2 * 2, args.height // 2 * 2)
+    try:
+        result = render(args.avatar, args.audio, args.output, args.backend, args.fps, size, args.timing)
+    except (RenderError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = {
+        "output": str(result.output),
+        "frames": result.frames,
+        "duration_s": round(result.duration_s, 2),
+        "wall_s": round(result.wall_s, 2),
+        "counts": result.counts,
+    }
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,75 @@
+"""Validating the ``options`` of ``POST /offer``: every mistake gets a message and the valid values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engines.registry import BackendRegistry, backend_names
+from stream_server.avatars import CAMERA, AvatarLibrary
+from stream_server.config import Settings
+
+OPTION_NAMES = ("backend", "avatar", "fps", "width", "height")
+MIN_SIDE, MAX_SIDE = 64, 1920
+CAMERA_SIZE = (640, 480)
+
+
+class OptionError(ValueError):
+    def __init__(self, message: str, valid: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.valid = valid
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    backend: str
+    avatar: str
+    fps: int
+    width: int
+    height: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_options(raw: Any, settings: Settings, avatars: AvatarLibrary, backends: BackendRegistry) -> SessionOptions:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise OptionError("options must be a JSON object", list(OPTION_NAMES))
+    unknown = sorted(set(raw) - set(OPTION_NAMES))
+    if unknown:
+        raise OptionError(f"unknown option(s) {', '.join(unknown)}", list(OPTION_NAMES))
+
+    backend = raw.get("backend", settings.backend)
+    if backend not in backend_names():
+        raise OptionError(f"unknown backend {backend!r}", backend_names())
+    reason = backends.unavailable_reason(backend)
+    if reason:
+        available = [name for name in backend_names() if not backends.unavailable_reason(name)]
+        raise OptionError(f"backend {backend!r} is not available: {reason}", available)
+
+    avatar = raw.get("avatar", settings.avatar)
+    if not isinstance(avatar, str) or avatar not in avatars.names():
+        raise OptionError(f"unknown avatar {avatar!r}", avatars.names())
+
+    fps = _integer(raw, "fps", settings.fps, 1, 60)
+    if avatar == CAMERA:
+        default_width, default_height = CAMERA_SIZE
+    else:
+        image = avatars.image(avatar)
+        assert image is not None
+        default_height, default_width = image.shape[:2]
+    width = _integer(raw, "width", default_width, MIN_SIDE, MAX_SIDE)
+    height = _integer(raw, "height", default_height, MIN_SIDE, MAX_SIDE)
+    # the encoders need even sides
+    return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2)
+
+
+def _integer(raw: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise OptionError(f"{name} must be a whole number from {low} to {high}, got {value!r}", [low, high])
+    if not low <= value <= high:
+        raise OptionError(f"{name} must be from {low} to {high}, got {value}", [low, high])
+    return int(value)

@@ -1,0 +1,367 @@
+"""One WebRTC session: inbound camera and microphone in, the lip-synced avatar and delayed audio out.
+
+The session owns the media clock, the audio rings, the recent camera frames and the scheduler.
+A driver task hands due slots to the shared backend worker; the outgoing video track sends each
+slot at its deadline and the outgoing audio track sends the inbound audio delayed by exactly the
+same amount, both stamped from the same media clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+import uuid
+from fractions import Fraction
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from engines.base import Avatar, Backend, FrameJob
+from stream_server import metrics
+from stream_server.audio_in import PLAYBACK_RATE, AudioIn
+from stream_server.clock import MediaClock
+from stream_server.frames import blend, fit_cover, video_frame_to_rgb
+from stream_server.options import SessionOptions
+from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.stats import SessionStats
+from stream_server.worker import BackendWorker
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = Fraction(1, 90000)
+AUDIO_CHUNK = 960  # 20 ms at 48 kHz
+AUDIO_TIME_BASE = Fraction(1, PLAYBACK_RATE)
+AUDIO_WAIT_S = 3.0  # how long to wait for the first audio before running the clock without it
+BLANK_GREY = 32
+
+
+class OfferError(ValueError):
+    """The offer cannot be answered; the message is shown to the user."""
+
+
+class CameraIn:
+    """The last second of inbound camera frames, with their arrival times."""
+
+    def __init__(self) -> None:
+        self.frames: collections.deque[tuple[float, av.VideoFrame]] = collections.deque(maxlen=32)
+        self.received = 0
+
+    def push(self, frame: av.VideoFrame, arrival: float) -> None:
+        self.frames.append((arrival, frame))
+        self.received += 1
+
+    def at(self, wall: float) -> av.VideoFrame | None:
+        """The newest frame that had arrived by wall time ``wall`` (else the oldest held)."""
+        chosen = None
+        for arrival, frame in self.frames:
+            if arrival > wall and chosen is not None:
+                break
+            chosen = frame
+        return chosen
+
+
+class Session:
+    def __init__(
+        self,
+        options: SessionOptions,
+        backend: Backend,
+        worker: BackendWorker,
+        avatar: Avatar,
+        typical_fps: float | None,
+        min_budget_s: float,
+        ice_servers: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.options = options
+        self.backend = backend
+        self.worker = worker
+        self.avatar = avatar
+        self.size = (options.width, options.height)
+        servers = [RTCIceServer(**server) for server in ice_servers or []]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self.clock = MediaClock()
+        self.audio_in = AudioIn()
+        self.camera = CameraIn()
+        backend_s = 1.0 / typical_fps if typical_fps else 1.0 / options.fps
+        config = SchedulerConfig(
+            fps=options.fps,
+            lookahead_s=backend.lookahead_s,
+            budget_s=budget_for(backend_s, options.fps, min_budget_s),
+        )
+        self.scheduler: FrameScheduler[np.ndarray] = FrameScheduler(config, backend_s=backend_s)
+        self.stats = SessionStats(self.id, backend.name, options.fps)
+        self.video_out = SlotVideoTrack(self)
+        self.audio_out = DelayedAudioTrack(self)
+        self.expects_audio = False
+        self.created = time.monotonic()
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.events: collections.deque[str] = collections.deque(maxlen=20)
+        self._wake = asyncio.Event()
+        self._scheduler_started = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._video_slot = 0
+        self._audio_chunk = 0
+        self._base: np.ndarray | None = None if avatar.image is None else fit_cover(avatar.image, *self.size)
+        self._blank = np.full((options.height, options.width, 3), BLANK_GREY, np.uint8)
+        self._camera_cache: tuple[int, np.ndarray] | None = None
+        self._counted = self.scheduler.counts.as_dict()
+
+    # -- signalling ------------------------------------------------------------------------
+    async def accept(self, sdp: str, kind: str) -> RTCSessionDescription:
+        """Apply the browser's offer and return our answer."""
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except Exception as exc:
+            raise OfferError(f"the offer could not be applied: {exc}") from exc
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        if "video" not in kinds:
+            raise OfferError("the offer has no video section, so the avatar cannot be sent back; add a video transceiver")
+        self.pc.addTrack(self.video_out)
+        if "audio" in kinds:
+            self.pc.addTrack(self.audio_out)
+        self.expects_audio = any(
+            t.kind == "audio" and t.direction in ("sendrecv", "recvonly") for t in self.pc.getTransceivers()
+        )
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        self._tasks.append(asyncio.create_task(self._drive(), name=f"drive-{self.id}"))
+        return self.pc.localDescription
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        consume = self._consume_audio if track.kind == "audio" else self._consume_video
+        self._tasks.append(asyncio.create_task(consume(track), name=f"{track.kind}-in-{self.id}"))
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("session %s: connection %s", self.id, state)
+        if state in ("failed", "closed"):
+            await self.close(f"connection {state}")
+
+    # -- inbound media ---------------------------------------------------------------------
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                arrival = MediaClock.wall_now()
+                self.audio_in.push(frame, arrival)
+                self.clock.observe(self.audio_in.horizon_s, arrival)
+                self._wake.set()
+        except MediaStreamError:
+            log.info("session %s: audio track ended", self.id)
+
+    async def _consume_video(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.camera.push(frame, MediaClock.wall_now())
+        except MediaStreamError:
+            log.info("session %s: video track ended", self.id)
+
+    # -- generation ------------------------------------------------------------------------
+    async def _drive(self) -> None:
+        """Hand due slots to the backend; sleep until audio, a result or a deadline wakes us."""
+        try:
+            await asyncio.wait_for(self.clock.started.wait(), AUDIO_WAIT_S if self.expects_audio else 0.0)
+        except (asyncio.TimeoutError, TimeoutError):
+            if self.expects_audio:
+                self.add_event("no audio arrived: running without it (the mouth stays still)")
+            self.clock.start_without_audio(MediaClock.wall_now())
+        scheduler = self.scheduler
+        scheduler.start_at(self.clock.media_now())
+        self._video_slot = scheduler.next_emit
+        self._audio_chunk = math.floor(scheduler.slot_time(scheduler.next_emit) * PLAYBACK_RATE / AUDIO_CHUNK)
+        self._scheduler_started.set()
+        interval = scheduler.config.interval_s
+        while not self.closed.is_set():
+            now = self.clock.media_now()
+            horizon = self.audio_in.horizon_s if self.audio_in.started else -math.inf
+            for slot in scheduler.poll(now, horizon):
+                self._dispatch(slot)
+            self._wake.clear()
+            timeout = self.clock.wall(scheduler.next_wakeup()) - MediaClock.wall_now()
+            if timeout <= 0:
+                timeout = interval  # nothing can be handed out until a result or a send frees room
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+
+    def _dispatch(self, slot: int) -> None:
+        time_s = self.scheduler.slot_time(slot)
+        audio = self.audio_in.window(time_s, self.backend.context_s, self.backend.lookahead_s)
+        camera = self.camera.at(self.clock.wall(time_s)) if self.avatar.is_camera else None
+
+        def build() -> FrameJob:  # runs in the worker thread
+            return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), self.avatar)
+
+        future = self.worker.submit(build)
+        future.add_done_callback(lambda done: self._on_result(slot, done))
+
+    def _on_result(self, slot: int, future: asyncio.Future[tuple[np.ndarray, float]]) -> None:
+        if future.cancelled() or self.closed.is_set():
+            return
+        now = self.clock.media_now()
+        error = future.exception()
+        if error is not None:
+            self.scheduler.failed(slot, now)
+            self.add_event(f"backend {self.backend.name} failed on a frame: {error}")
+        else:
+            frame, backend_s = future.result()
+            self.scheduler.completed(slot, frame, now, backend_s)
+            self.stats.backend_s.append(backend_s)
+            metrics.BACKEND_TIME.labels(self.backend.name).observe(backend_s)
+        self._wake.set()
+
+    def _base_frame(self, camera: av.VideoFrame | None) -> np.ndarray:
+        """The frame to animate, at the output size (worker thread)."""
+        if self._base is not None:
+            return self._base
+        if camera is None:
+            return self._blank
+        cached = self._camera_cache
+        if cached is not None and cached[0] == id(camera):
+            return cached[1]
+        rgb = video_frame_to_rgb(camera, *self.size)
+        self._camera_cache = (id(camera), rgb)
+        return rgb
+
+    # -- outbound media --------------------------------------------------------------------
+    async def next_video_frame(self) -> av.VideoFrame:
+        """Wait for the next slot's deadline and return what to send for it."""
+        await self._scheduler_started.wait()
+        scheduler = self.scheduler
+        slot = self._video_slot
+        wait = self.clock.wall(scheduler.deadline(slot)) - MediaClock.wall_now()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        elif -wait > scheduler.config.interval_s:
+            # the encoder fell behind: skip to the newest slot that is due (counted as dropped)
+            slot = math.floor((self.clock.media_now() - scheduler.config.delay_s) * scheduler.config.fps)
+        emission = scheduler.emit(slot)
+        self._video_slot = slot + 1
+        self._wake.set()
+        camera = self.camera.at(self.clock.wall(scheduler.slot_time(slot))) if self.avatar.is_camera else None
+        loop = asyncio.get_running_loop()
+        frame = await loop.run_in_executor(None, self._compose, emission, camera)
+        frame.pts = round(slot * 90000 / scheduler.config.fps)
+        frame.time_base = VIDEO_TIME_BASE
+        self._record(emission)
+        return frame
+
+    def _compose(self, emission: Emission[np.ndarray], camera: av.VideoFrame | None) -> av.VideoFrame:
+        """The image for one slot, as a YUV frame for the encoder (executor thread)."""
+        if emission.kind is FrameKind.INTERPOLATED:
+            rgb = blend(emission.frames[0], emission.frames[1], emission.weight)
+        elif emission.frames:
+            rgb = emission.frames[0]
+        else:
+            rgb = self._base_frame(camera)
+        yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+        return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+
+    def _record(self, emission: Emission[np.ndarray]) -> None:
+        handoff = MediaClock.wall_now()
+        newest = self.scheduler.slot_time(emission.slot) + self.backend.lookahead_s
+        arrival = self.audio_in.arrival_of(newest) if self.audio_in.started else None
+        latency = None if arrival is None else handoff - arrival + self.backend.lookahead_s
+        self.stats.on_frame(emission.kind, handoff, latency)
+        counts = self.scheduler.counts.as_dict()
+        for kind in ("generated", "interpolated", "repeated", "dropped"):
+            if counts[kind] > self._counted[kind]:
+                metrics.FRAMES.labels(self.backend.name, kind).inc(counts[kind] - self._counted[kind])
+        self._counted = counts
+        if latency is not None:
+            metrics.SERVER_LATENCY.labels(self.backend.name).observe(latency)
+
+    async def next_audio_frame(self) -> av.AudioFrame:
+        """The inbound audio, 20 ms at a time, delayed by exactly the video's delay.
+
+        Never skips: the Opus encoder numbers RTP timestamps by samples sent, so a skipped chunk
+        would shift audio against video for good. If sending fell behind it catches up instead.
+        """
+        await self._scheduler_started.wait()
+        chunk = self._audio_chunk
+        self._audio_chunk += 1
+        media_s = chunk * AUDIO_CHUNK / PLAYBACK_RATE
+        wait = self.clock.wall(media_s + self.scheduler.config.delay_s) - MediaClock.wall_now()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pcm = self.audio_in.playback(chunk * AUDIO_CHUNK, AUDIO_CHUNK)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = PLAYBACK_RATE
+        frame.pts = chunk * AUDIO_CHUNK
+        frame.time_base = AUDIO_TIME_BASE
+        return frame
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def add_event(self, message: str) -> None:
+        log.warning("session %s: %s", self.id, message)
+        self.events.append(message)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.stats.snapshot(
+            avatar=self.options.avatar,
+            counts=self.scheduler.counts.as_dict(),
+            delay_s=self.scheduler.config.delay_s,
+            uptime_s=time.monotonic() - self.created,
+        )
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        log.info("session %s closing: %s", self.id, reason)
+        self.close_reason = reason
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.video_out.stop()
+        self.audio_out.stop()
+        await self.pc.close()
+        self.backend.close_stream(self.id)
+        try:
+            metrics.FPS_OUT.remove(self.id)
+        except KeyError:
+            pass
+
+
+class SlotVideoTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self._session.next_video_frame()
+
+
+class DelayedAudioTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self._session.next_audio_frame()

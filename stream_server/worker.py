@@ -1,0 +1,103 @@
+"""One worker thread per loaded backend, shared by every session: batches jobs, off the loop.
+
+Sessions submit a callable that builds the job (so image conversion also happens in the worker
+thread) and get an asyncio future of (frame, seconds of backend time per job). Jobs waiting when
+the worker becomes free are taken together, up to the backend's preferred batch size, so frames
+of different sessions due in the same tick share one ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from engines.base import Backend, FrameJob, check_frames
+
+log = logging.getLogger(__name__)
+
+Result = tuple[np.ndarray, float]
+
+
+@dataclass
+class _Pending:
+    build: Callable[[], FrameJob]
+    future: asyncio.Future[Result]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseException | None) -> None:
+    if future.done():
+        return  # the session went away and cancelled it
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+class BackendWorker:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"backend-{backend.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, build: Callable[[], FrameJob]) -> asyncio.Future[Result]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.put(_Pending(build, future, loop))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.backend.batch_size:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._process(batch)
+
+    def _process(self, batch: list[_Pending]) -> None:
+        jobs: list[FrameJob] = []
+        ready: list[_Pending] = []
+        for pending in batch:
+            if pending.future.cancelled():
+                continue
+            try:
+                jobs.append(pending.build())
+                ready.append(pending)
+            except Exception as exc:
+                log.exception("building a frame job failed")
+                pending.loop.call_soon_threadsafe(_settle, pending.future, None, exc)
+        if not jobs:
+            return
+        started = time.perf_counter()
+        try:
+            frames = self.backend.generate(jobs)
+            check_frames(jobs, frames)
+        except Exception as exc:
+            log.exception("backend %s failed on a batch of %d", self.backend.name, len(jobs))
+            for pending in ready:
+                pending.loop.call_soon_threadsafe(_settle, pending.future, None, exc)
+            return
+        per_job = (time.perf_counter() - started) / len(jobs)
+        for pending, frame in zip(ready, frames):
+            pending.loop.call_soon_threadsafe(_settle, pending.future, (frame, per_job), None)

@@ -1,0 +1,217 @@
+"""A Python aiortc peer that sends a real clip to the server and records what comes back.
+
+The clip's video frames are stamped with their index as a row of black and white blocks, so
+the receiver knows which source instant each returned frame shows; returned audio is matched
+to the clip's audio by cross-correlation. Together they give the A/V offset at the receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtcpSrPacket
+
+from stream_server.media_io import load_audio
+
+CODE_BITS = 10
+BLOCK = 20  # marker block side in pixels
+
+
+def stamp(rgb: np.ndarray, index: int) -> np.ndarray:
+    """Write ``index`` as CODE_BITS blocks along the top of the frame (white = 1)."""
+    out = rgb.copy()
+    for bit in range(CODE_BITS):
+        value = 255 if (index >> bit) & 1 else 0
+        out[0:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = value
+    return out
+
+
+def read_stamp(rgb: np.ndarray) -> int:
+    index = 0
+    for bit in range(CODE_BITS):
+        block = rgb[4 : BLOCK - 4, bit * BLOCK + 4 : (bit + 1) * BLOCK - 4]
+        if block.mean() > 128:
+            index |= 1 << bit
+    return index
+
+
+class StampedVideo(MediaStreamTrack):
+    """The player's video with each frame's index stamped on it."""
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self._source = source
+        self.sent = 0
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        import av
+
+        frame = await self._source.recv()
+        stamped = av.VideoFrame.from_ndarray(stamp(frame.to_ndarray(format="rgb24"), self.sent), format="rgb24")
+        stamped.pts, stamped.time_base = frame.pts, frame.time_base
+        self.sent += 1
+        return stamped
+
+
+class PacedAudio(MediaStreamTrack):
+    """The player's audio re-cut into 20 ms frames sent in real time, as a microphone does
+    (a file's decoder hands out bigger frames in bursts)."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        import av
+
+        super().__init__()
+        self._source = source
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=48000, frame_size=960)
+        self._pending: list = []
+        self._sent = 0
+        self._start: float | None = None
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        from fractions import Fraction
+
+        while not self._pending:
+            frame = await self._source.recv()
+            frame.pts = None
+            self._pending.extend(self._resampler.resample(frame))
+        out = self._pending.pop(0)
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._sent * 0.02 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        out.pts, out.time_base = self._sent * 960, Fraction(1, 48000)
+        self._sent += 1
+        return out
+
+
+class SenderTime:
+    """Maps a received frame's RTP timestamp to the sender's wall clock, from the RTCP sender
+    reports, as a browser does to play audio and video in sync (RFC 3550, section 6.4.1)."""
+
+    def __init__(self, receiver: Any, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self.reports: list[tuple[float, int]] = []  # (sender NTP seconds, RTP timestamp)
+        self.first_rtp: int | None = None
+        handle_rtcp, handle_rtp = receiver._handle_rtcp_packet, receiver._handle_rtp_packet
+
+        async def on_rtcp(packet: Any) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                info = packet.sender_info
+                self.reports.append((info.ntp_timestamp / (1 << 32), info.rtp_timestamp))
+            await handle_rtcp(packet)
+
+        async def on_rtp(packet: Any, arrival_time_ms: int) -> None:
+            if self.first_rtp is None:
+                self.first_rtp = packet.timestamp  # aiortc's decoded pts count from here
+            await handle_rtp(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtcp_packet, receiver._handle_rtp_packet = on_rtcp, on_rtp
+
+    def __call__(self, pts: int) -> float:
+        """Sender time (s) of the frame with decoded pts ``pts``, by the last sender report."""
+        assert self.first_rtp is not None and self.reports, "no sender report received"
+        ntp, rtp = self.reports[-1]
+        rtp_of_frame = (self.first_rtp + pts) % (1 << 32)
+        ticks = (rtp_of_frame - rtp + (1 << 31)) % (1 << 32) - (1 << 31)
+        return ntp + ticks / self.clock_rate
+
+
+@dataclass
+class Received:
+    video: list[tuple[float, int, np.ndarray]] = field(default_factory=list)  # (arrival, pts, rgb)
+    audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)  # (arrival, pts, mono48k)
+    answer: dict[str, Any] = field(default_factory=dict)
+    sender_time: dict[str, SenderTime] = field(default_factory=dict)  # by kind
+
+
+async def stream_clip(base_url: str, clip: Path, seconds: float, options: dict[str, Any]) -> Received:
+    """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output."""
+    player = MediaPlayer(str(clip))
+    pc = RTCPeerConnection()
+    received = Received()
+    pc.addTrack(PacedAudio(player.audio))
+    video = StampedVideo(player.video)
+    pc.addTrack(video)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def record(track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                arrival = time.monotonic()
+                if track.kind == "video":
+                    received.video.append((arrival, frame.pts, frame.to_ndarray(format="rgb24")))
+                else:
+                    samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
+                    received.audio.append((arrival, frame.pts, samples.astype(np.float32) / 32768.0))
+        except MediaStreamError:
+            pass
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        tasks.append(asyncio.create_task(record(track)))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    for transceiver in pc.getTransceivers():
+        rate = 90000 if transceiver.kind == "video" else 48000
+        received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, rate)
+    async with aiohttp.ClientSession() as http:
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", "options": options}
+        async with http.post(f"{base_url}/offer", json=body) as response:
+            received.answer = await response.json()
+            assert response.status == 200, received.answer
+        await pc.setRemoteDescription(RTCSessionDescription(received.answer["sdp"], received.answer["type"]))
+        await asyncio.sleep(seconds)
+        async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
+            assert response.status == 200
+    await pc.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return received
+
+
+def output_fps(received: Received, skip_s: float = 1.0) -> float:
+    """Frames per second received, after the first ``skip_s`` seconds of start-up."""
+    arrivals = [arrival for arrival, _, _ in received.video]
+    start = arrivals[0] + skip_s
+    steady = [a for a in arrivals if a >= start]
+    return (len(steady) - 1) / (steady[-1] - steady[0])
+
+
+def av_offsets(received: Received, clip: Path, clip_fps: float) -> np.ndarray:
+    """A/V offset at the receiver (s), per received frame: when the frame showing source
+    instant s is to be presented minus when the audio of s is, both placed on the sender's clock
+    by the RTCP sender reports (a receiver synchronising playout adds the same delay to both)."""
+    audio = np.concatenate([samples for _, _, samples in received.audio])
+    starts = np.cumsum([0] + [len(samples) for _, _, samples in received.audio])
+    source = load_audio(clip, 48000)
+    # where the clip's audio begins in the received stream (the output starts with silence)
+    probe = source[48000 // 2 : 48000 * 2]  # 1.5 s of speech from 0.5 s in
+    corr = np.correlate(audio[: 48000 * 6], probe, mode="valid")
+    origin = int(np.argmax(np.abs(corr))) - 48000 // 2  # received sample index of source time 0
+    video_time, audio_time = received.sender_time["video"], received.sender_time["audio"]
+    offsets = []
+    for _, pts, rgb in received.video:
+        index = read_stamp(rgb)
+        sample = origin + round(index / clip_fps * 48000)
+        chunk = int(np.searchsorted(starts, sample, side="right")) - 1
+        if 0 <= chunk < len(received.audio) and index > 0:
+            _, audio_pts, _ = received.audio[chunk]
+            audio_s = audio_time(audio_pts) + (sample - starts[chunk]) / 48000
+            offsets.append(video_time(pts) - audio_s)
+    return np.asarray(offsets)

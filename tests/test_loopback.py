@@ -1,0 +1,27 @@
+"""Real WebRTC on loopback: an aiortc peer sends a real talking clip and receives the output."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.media import shared_media, video_fps
+from tests.peer import av_offsets, output_fps, stream_clip
+
+CLIP = ("video", "pcavs_vox2_00086.mp4")  # 224x224, 25 fps, speech
+
+
+async def test_camera_passthrough_holds_fps_and_one_clock(server_url: str) -> None:
+    clip = shared_media(*CLIP)
+    received = await stream_clip(
+        server_url, clip, seconds=5.0,
+        options={"backend": "passthrough", "avatar": "camera", "fps": 25, "width": 224, "height": 224},
+    )
+    assert received.answer["options"]["backend"] == "passthrough"
+    fps = output_fps(received)
+    assert 23.0 <= fps <= 27.0, f"output video at {fps:.1f} fps"
+    offsets = av_offsets(received, clip, video_fps(clip))
+    assert len(offsets) > 50, "too few stamped frames came back"
+    median = float(np.median(offsets))
+    print(f"fps {fps:.2f}, A/V offset median {median * 1000:.1f} ms, p5..p95 "
+          f"{np.percentile(offsets, 5) * 1000:.1f}..{np.percentile(offsets, 95) * 1000:.1f} ms")
+    assert abs(median) <= 0.040, f"A/V offset {median * 1000:.1f} ms is more than one frame"
