@@ -128,10 +128,11 @@ class AudioIn:
         return self._next48 / PLAYBACK_RATE
 
     def arrival_of(self, media_s: float) -> float | None:
-        """Wall time at which the audio at ``media_s`` arrived, if it has and is still known."""
+        """Wall time at which the audio up to ``media_s`` (its last sample before that instant)
+        arrived, if it has and is still known."""
         target = media_s * PLAYBACK_RATE
         for end, arrival in self._arrivals:
-            if end > target:
+            if end >= target:
                 return arrival
         return None
 

@@ -122,6 +122,7 @@ async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined
 
 
 def render_command(args: argparse.Namespace) -> int:
+    from stream_server.avatars import AvatarFileError
     from stream_server.render import RenderError, render
 
     size = None
@@ -132,7 +133,7 @@ def render_command(args: argparse.Namespace) -> int:
         size = (args.width // 2 * 2, args.height // 2 * 2)
     try:
         result = render(args.avatar, args.audio, args.output, args.backend, args.fps, size, args.timing)
-    except (RenderError, RuntimeError) as exc:
+    except (RenderError, AvatarFileError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {

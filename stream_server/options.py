@@ -11,7 +11,7 @@ from stream_server.config import Settings
 
 OPTION_NAMES = ("backend", "avatar", "fps", "width", "height")
 MIN_SIDE, MAX_SIDE = 64, 1920
-CAMERA_SIZE = (640, 480)
+CAMERA_SIZE = (640, 480)  # used when the camera sends nothing to take the size from
 
 
 class OptionError(ValueError):
@@ -25,8 +25,8 @@ class SessionOptions:
     backend: str
     avatar: str
     fps: int
-    width: int
-    height: int
+    width: int | None  # None: the camera's own size, known at its first frame
+    height: int | None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -54,16 +54,24 @@ def parse_options(raw: Any, settings: Settings, avatars: AvatarLibrary, backends
         raise OptionError(f"unknown avatar {avatar!r}", avatars.names())
 
     fps = _integer(raw, "fps", settings.fps, 1, 60)
-    if avatar == CAMERA:
-        default_width, default_height = CAMERA_SIZE
-    else:
+    if ("width" in raw) != ("height" in raw):
+        raise OptionError("give both width and height, or neither", ["width", "height"])
+    if "width" not in raw:
+        if avatar == CAMERA:
+            return SessionOptions(backend, avatar, fps, None, None)
         image = avatars.image(avatar)
         assert image is not None
-        default_height, default_width = image.shape[:2]
-    width = _integer(raw, "width", default_width, MIN_SIDE, MAX_SIDE)
-    height = _integer(raw, "height", default_height, MIN_SIDE, MAX_SIDE)
+        return SessionOptions(backend, avatar, fps, image.shape[1], image.shape[0])
+    width = _integer(raw, "width", 0, MIN_SIDE, MAX_SIDE)
+    height = _integer(raw, "height", 0, MIN_SIDE, MAX_SIDE)
     # the encoders need even sides
     return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2)
+
+
+def camera_size(width: int, height: int, longest: int = 1280) -> tuple[int, int]:
+    """Output size for a camera of width x height: its own, scaled down to ``longest``, even."""
+    scale = min(1.0, longest / max(width, height))
+    return max(MIN_SIDE, int(width * scale) // 2 * 2), max(MIN_SIDE, int(height * scale) // 2 * 2)
 
 
 def _integer(raw: dict[str, Any], name: str, default: int, low: int, high: int) -> int:

@@ -27,6 +27,7 @@ Frame = TypeVar("Frame")
 
 MIN_BUDGET_S = 0.04  # hand-offs, thread wake-ups and audio jitter, even for an instant backend
 MARGIN_S = 0.02  # slack over the backend's measured time
+LAST_CALL_S = 0.015  # thread hand-offs: a job waiting for late audio starts at least this early
 
 
 class FrameKind(str, enum.Enum):
@@ -129,7 +130,7 @@ class FrameScheduler(Generic[Frame]):
 
     def _last_call(self, slot: int) -> float:
         """The latest time a job for ``slot`` can start and still be done in time."""
-        return self._finish_by(slot) - self.backend_s
+        return self._finish_by(slot) - self.backend_s - LAST_CALL_S
 
     def poll(self, now: float, audio_horizon: float) -> list[int]:
         """Slots to hand to the backend now. Skips (drops) slots that can no longer be in time."""

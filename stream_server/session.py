@@ -34,7 +34,7 @@ from stream_server import metrics
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.clock import MediaClock
 from stream_server.frames import blend, fit_cover, video_frame_to_rgb
-from stream_server.options import SessionOptions
+from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
 from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
 from stream_server.stats import SessionStats
 from stream_server.worker import BackendWorker
@@ -58,10 +58,12 @@ class CameraIn:
     def __init__(self) -> None:
         self.frames: collections.deque[tuple[float, av.VideoFrame]] = collections.deque(maxlen=32)
         self.received = 0
+        self.first = asyncio.Event()
 
     def push(self, frame: av.VideoFrame, arrival: float) -> None:
         self.frames.append((arrival, frame))
         self.received += 1
+        self.first.set()
 
     def at(self, wall: float) -> av.VideoFrame | None:
         """The newest frame that had arrived by wall time ``wall`` (else the oldest held)."""
@@ -89,7 +91,8 @@ class Session:
         self.backend = backend
         self.worker = worker
         self.avatar = avatar
-        self.size = (options.width, options.height)
+        # the output size; for the camera without a size asked for, the camera's own (first frame)
+        self.size: tuple[int, int] | None = None if options.width is None else (options.width, options.height)  # type: ignore[assignment]
         servers = [RTCIceServer(**server) for server in ice_servers or []]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self.clock = MediaClock()
@@ -115,8 +118,11 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         self._video_slot = 0
         self._audio_chunk = 0
-        self._base: np.ndarray | None = None if avatar.image is None else fit_cover(avatar.image, *self.size)
-        self._blank = np.full((options.height, options.width, 3), BLANK_GREY, np.uint8)
+        self._base: np.ndarray | None = None
+        if avatar.image is not None:
+            assert self.size is not None
+            self._base = fit_cover(avatar.image, *self.size)
+        self._blank = self._blank_frame() if self.size else np.zeros((0, 0, 3), np.uint8)
         self._camera_cache: tuple[int, np.ndarray] | None = None
         self._counted = self.scheduler.counts.as_dict()
 
@@ -182,6 +188,8 @@ class Session:
             if self.expects_audio:
                 self.add_event("no audio arrived: running without it (the mouth stays still)")
             self.clock.start_without_audio(MediaClock.wall_now())
+        if self.size is None:
+            await self._take_camera_size()
         scheduler = self.scheduler
         scheduler.start_at(self.clock.media_now())
         self._video_slot = scheduler.next_emit
@@ -201,6 +209,22 @@ class Session:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except (asyncio.TimeoutError, TimeoutError):
                 pass
+
+    async def _take_camera_size(self) -> None:
+        try:
+            await asyncio.wait_for(self.camera.first.wait(), AUDIO_WAIT_S)
+            first = self.camera.frames[0][1]
+            self.size = camera_size(first.width, first.height)
+        except (asyncio.TimeoutError, TimeoutError):
+            self.add_event("no camera frames arrived: sending a blank picture")
+            self.size = CAMERA_SIZE
+        self._blank = self._blank_frame()
+
+    def _blank_frame(self) -> np.ndarray:
+        """What the camera avatar shows before its first frame."""
+        assert self.size is not None
+        width, height = self.size
+        return np.full((height, width, 3), BLANK_GREY, np.uint8)
 
     def _dispatch(self, slot: int) -> None:
         time_s = self.scheduler.slot_time(slot)
@@ -237,6 +261,7 @@ class Session:
         cached = self._camera_cache
         if cached is not None and cached[0] == id(camera):
             return cached[1]
+        assert self.size is not None
         rgb = video_frame_to_rgb(camera, *self.size)
         self._camera_cache = (id(camera), rgb)
         return rgb

@@ -32,12 +32,17 @@ class SessionStats:
         self.latency_s: collections.deque[float] = collections.deque(maxlen=WINDOW_FRAMES)
         self.backend_s: collections.deque[float] = collections.deque(maxlen=WINDOW_FRAMES)
         self.kinds: collections.deque[FrameKind] = collections.deque(maxlen=WINDOW_FRAMES)
+        self.latencies_recorded = 0  # all time, so readers of the window can tell what is new
+        self.sent_before_audio = 0  # frames sent before the audio they depend on had arrived
 
     def on_frame(self, kind: FrameKind, handoff: float, latency_s: float | None) -> None:
         self.sent_at.append(handoff)
         self.kinds.append(kind)
-        if latency_s is not None:
+        if latency_s is None:
+            self.sent_before_audio += 1
+        else:
             self.latency_s.append(latency_s)
+            self.latencies_recorded += 1
 
     def fps_out(self) -> float | None:
         """Frames handed to the encoder over the last second."""
@@ -59,6 +64,7 @@ class SessionStats:
             "frames": counts,
             "latency_ms": percentiles_ms(self.latency_s),
             "delay_ms": round(delay_s * 1000.0, 1),
+            "sent_before_audio": self.sent_before_audio,
             "backend_ms": percentiles_ms(self.backend_s),
             "uptime_s": round(uptime_s, 1),
         }

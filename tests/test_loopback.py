@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tests.media import shared_media, video_fps
-from tests.peer import av_offsets, output_fps, stream_clip
+from benchmarks.peer import av_offsets, output_fps, stream_clip
 
 CLIP = ("video", "pcavs_vox2_00086.mp4")  # 224x224, 25 fps, speech
 

@@ -1,4 +1,4 @@
-"""A Python aiortc peer that sends a real clip to the server and records what comes back.
+"""A Python aiortc peer (tests and benchmarks) that sends a real clip to the server and records what comes back.
 
 The clip's video frames are stamped with their index as a row of black and white blocks, so
 the receiver knows which source instant each returned frame shows; returned audio is matched
@@ -22,8 +22,8 @@ from aiortc.rtp import RtcpSrPacket
 
 from stream_server.media_io import load_audio
 
-CODE_BITS = 10
-BLOCK = 20  # marker block side in pixels
+CODE_BITS = 11  # frame numbers up to 2047: 80 s at 25 fps
+BLOCK = 20  # marker block side in pixels (11 blocks fit a 224-pixel frame)
 
 
 def stamp(rgb: np.ndarray, index: int) -> np.ndarray:
@@ -138,6 +138,39 @@ class Received:
     sender_time: dict[str, SenderTime] = field(default_factory=dict)  # by kind
 
 
+def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
+    """The clip repeated to last ``seconds``, as one file (so the audio and video loop together)."""
+    import av
+
+    out = out_dir / f"{clip.stem}_{int(seconds)}s.mp4"
+    if out.exists():
+        return out
+    with av.open(str(clip)) as source:
+        rate = source.streams.video[0].average_rate
+        frames = [f.to_ndarray(format="rgb24") for f in source.decode(video=0)]
+    audio = load_audio(clip, 48000)
+    audio = audio[: round(len(frames) / float(rate) * 48000)]  # one pass of audio per pass of video
+    passes = int(np.ceil(seconds * float(rate) / len(frames)))
+    with av.open(str(out), "w") as container:
+        video = container.add_stream("libx264", rate=rate)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv420p"
+        sound = container.add_stream("aac", rate=48000)
+        sound.layout = "mono"
+        for n, rgb in enumerate(frames * passes):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = n
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        pcm = np.tile(audio, passes).astype(np.float32).reshape(1, -1)
+        for start in range(0, pcm.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start : start + 1024]), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    return out
+
+
 async def stream_clip(base_url: str, clip: Path, seconds: float, options: dict[str, Any]) -> Received:
     """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output."""
     player = MediaPlayer(str(clip))
@@ -179,6 +212,8 @@ async def stream_clip(base_url: str, clip: Path, seconds: float, options: dict[s
         async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
             assert response.status == 200
     await pc.close()
+    for track in (player.audio, player.video):
+        track.stop()  # ends the player's decoding thread
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
