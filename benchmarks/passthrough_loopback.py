@@ -1,8 +1,9 @@
 """Frame rate, server latency and A/V offset of a live session over real WebRTC on loopback.
 
-An aiortc peer sends a real talking clip (camera + microphone, looped) to a server started in
-this process, for ``--seconds``; the figures come from what the peer receives (fps, A/V offset
-by the sender reports) and from the server's own per-frame records (server latency, counts).
+An aiortc peer sends a real talking clip (camera + microphone, looped) for ``--seconds`` to the
+server running in its own process, as users run it; the figures come from what the peer
+receives (fps, A/V offset by the sender reports) and from the stats the server pushes to the
+page (server latency over its last 10 s, frame counts).
 
     python -m benchmarks.passthrough_loopback [--backend passthrough] [--seconds 30]
 """
@@ -14,19 +15,18 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
-from aiohttp import web
 
 from benchmarks.peer import av_offsets, loop_clip, output_fps, stream_clip
-from stream_server import stats
-from stream_server.app import SERVER, create_app
-from stream_server.config import Settings
 from stream_server.media_io import video_fps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,48 +59,76 @@ def pct(values: list[float] | np.ndarray, q: float) -> float:
     return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 1)
 
 
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    """The server in its own process, as users run it."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "stream_server", "--log-level", "WARNING", "serve", "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit(f"the server did not start: {server.stderr.read().decode() if server.stderr else ''}")
+
+
+async def watch_stats(url: str, snapshots: list[dict[str, Any]]) -> None:
+    """Record the stats the server pushes to the page, for the one session it will have."""
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{url}/healthz") as response:
+                if (await response.json())["sessions"]:
+                    break
+            await asyncio.sleep(0.1)
+        # the session id comes back in the answer; the benchmark's peer is the only client
+        while not snapshots or "session_id" not in snapshots[0]:
+            await asyncio.sleep(0.05)
+        async with http.ws_connect(f"{url}/ws/stats?session={snapshots[0]['session_id']}") as socket_:
+            async for message in socket_:
+                data = message.json()
+                if data.get("type") == "stats":
+                    snapshots.append(data)
+
+
 async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
     clip = loop_clip(CLIP, seconds + 2.0, Path(tempfile.mkdtemp()))
-    app = create_app(Settings(port=0))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    server = app[SERVER]
-    sessions = []
-
-    async def watch() -> None:
-        while True:  # keep hold of the session: its stats outlive it
-            sessions.extend(s for s in server.sessions.values() if s not in sessions)
-            await asyncio.sleep(0.2)
-
-    stats.WINDOW_FRAMES = 1_000_000  # keep every frame's figures for the whole run
-    watcher = asyncio.create_task(watch())
-    options = {"backend": backend, "avatar": avatar, "fps": 25}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = start_server(port)
+    url = f"http://127.0.0.1:{port}"
+    options: dict[str, Any] = {"backend": backend, "avatar": avatar, "fps": 25}
     if avatar == "camera":
         options.update(width=224, height=224)
+    snapshots: list[dict[str, Any]] = []
     try:
-        received = await stream_clip(url, clip, seconds=seconds, options=options)
-    finally:
+        watcher = asyncio.create_task(watch_stats(url, snapshots))
+        received = await stream_clip(url, clip, seconds=seconds, options=options, on_answer=lambda a: snapshots.insert(0, a))
         watcher.cancel()
-        await runner.cleanup()
-    (session,) = sessions
-    latencies = list(session.stats.latency_s)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    final = snapshots[-1]  # the last stats before the session closed: its last 10 s of frames
     offsets = av_offsets(received, clip, video_fps(clip)) if avatar == "camera" else np.zeros(0)
     return {
         "backend": backend,
         "avatar": avatar,
         "seconds": seconds,
         "fps_received": round(output_fps(received), 2),
-        "server_latency_ms": {"p50": pct(latencies, 50), "p95": pct(latencies, 95), "p99": pct(latencies, 99), "frames": len(latencies)},
+        "server_fps_out": final["fps_out"],
+        "server_latency_ms_last_10s": final["latency_ms"],
+        "backend_ms_last_10s": final["backend_ms"],
+        "delay_ms": final["delay_ms"],
+        "jitter_allowance_ms": final["jitter_ms"],
         # frames sent before their audio had arrived (late packets): no latency can be given
-        "sent_before_audio": session.stats.sent_before_audio,
+        "sent_before_audio": final["sent_before_audio"],
         "av_offset_ms": (
             {"median": pct(offsets, 50), "p5": pct(offsets, 5), "p95": pct(offsets, 95)} if len(offsets) else None
         ),
-        "frames": session.scheduler.counts.as_dict(),
-        "delay_ms": round(session.scheduler.config.delay_s * 1000.0, 1),
+        "frames": final["frames"],
     }
 
 

@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import numpy as np
@@ -157,21 +157,26 @@ def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
         video.pix_fmt = "yuv420p"
         sound = container.add_stream("aac", rate=48000)
         sound.layout = "mono"
+        pcm = np.tile(audio, passes).astype(np.float32).reshape(1, -1)
+        next_audio = 0
         for n, rgb in enumerate(frames * passes):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = n
             container.mux(video.encode(frame))
+            # interleave: audio up to this frame's time, so a player reads both at their pace
+            while next_audio < min(pcm.shape[1], (n + 1) / float(rate) * 48000):
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, next_audio : next_audio + 1024]), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 48000, next_audio
+                container.mux(sound.encode(chunk))
+                next_audio += 1024
         container.mux(video.encode(None))
-        pcm = np.tile(audio, passes).astype(np.float32).reshape(1, -1)
-        for start in range(0, pcm.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start : start + 1024]), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 48000, start
-            container.mux(sound.encode(frame))
         container.mux(sound.encode(None))
     return out
 
 
-async def stream_clip(base_url: str, clip: Path, seconds: float, options: dict[str, Any]) -> Received:
+async def stream_clip(
+    base_url: str, clip: Path, seconds: float, options: dict[str, Any], on_answer: Callable[[dict[str, Any]], None] | None = None
+) -> Received:
     """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output."""
     player = MediaPlayer(str(clip))
     pc = RTCPeerConnection()
@@ -207,6 +212,8 @@ async def stream_clip(base_url: str, clip: Path, seconds: float, options: dict[s
         async with http.post(f"{base_url}/offer", json=body) as response:
             received.answer = await response.json()
             assert response.status == 200, received.answer
+        if on_answer:
+            on_answer(received.answer)
         await pc.setRemoteDescription(RTCSessionDescription(received.answer["sdp"], received.answer["type"]))
         await asyncio.sleep(seconds)
         async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:

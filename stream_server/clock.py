@@ -1,9 +1,15 @@
 """The session's media clock: maps wall time to media time (0 = the first inbound audio sample).
 
-The mapping is the smallest (arrival - media time) seen over the last few seconds of audio:
-the packets that came fastest define "on time", so jitter never pushes the clock later, while
-a slow drift between the sender's clock and ours is still followed. Both outgoing tracks and
-the scheduler read this one clock.
+Audio reaches us with jitter (network, and aiortc's audio jitter buffer, which hands packets
+over in small bursts). The clock is set so that media time ``t`` is reached when the audio up
+to ``t`` has usually arrived: the 95th percentile of (arrival - media time) over the last few
+seconds. It follows that target at a bounded rate, so a jitter spike or a slow drift between the
+sender's clock and ours moves it smoothly and never makes a jump. Both outgoing tracks and the
+scheduler read this one clock, so whatever it does, audio and video move together.
+
+Camera frames are placed on the same timeline by their arrival, against the *fast* mapping (the
+5th percentile): a frame that arrived at wall time w shows about media time ``w - fast_origin``,
+as if the camera's packets took the same quickest path as the microphone's.
 """
 
 from __future__ import annotations
@@ -12,13 +18,20 @@ import asyncio
 import collections
 import time
 
+import numpy as np
+
+PERCENTILE = 95.0
+FAST_PERCENTILE = 5.0
+SLEW_S = 0.001  # the most the origin moves per audio frame (50 ms per second of 20 ms frames)
+
 
 class MediaClock:
-    def __init__(self, window_s: float = 10.0) -> None:
+    def __init__(self, window_s: float = 5.0) -> None:
         self.window_s = window_s
         self.origin: float | None = None  # wall time of media time 0
+        self.fast_origin: float | None = None  # the same for audio that took the quickest path
         self.started = asyncio.Event()
-        self._offsets: collections.deque[tuple[float, float]] = collections.deque()  # (arrival, offset), offsets increasing
+        self._offsets: collections.deque[tuple[float, float]] = collections.deque()  # (arrival, offset)
 
     @staticmethod
     def wall_now() -> float:
@@ -26,19 +39,19 @@ class MediaClock:
 
     def observe(self, media_s: float, arrival: float) -> None:
         """Audio up to ``media_s`` arrived at wall time ``arrival``."""
-        offset = arrival - media_s
-        while self._offsets and self._offsets[-1][1] >= offset:
-            self._offsets.pop()  # a sliding-window minimum: larger offsets can never be the min again
-        self._offsets.append((arrival, offset))
+        self._offsets.append((arrival, arrival - media_s))
         while self._offsets[0][0] < arrival - self.window_s:
             self._offsets.popleft()
-        self.origin = self._offsets[0][1]
+        offsets = [offset for _, offset in self._offsets]
+        late, fast = np.percentile(offsets, [PERCENTILE, FAST_PERCENTILE])
+        self.origin = _approach(self.origin, float(late))
+        self.fast_origin = _approach(self.fast_origin, float(fast))
         self.started.set()
 
     def start_without_audio(self, wall: float) -> None:
         """No audio track: media time simply runs from ``wall``."""
         if self.origin is None:
-            self.origin = wall
+            self.origin = self.fast_origin = wall
             self.started.set()
 
     def media_now(self) -> float:
@@ -48,3 +61,22 @@ class MediaClock:
     def wall(self, media_s: float) -> float:
         assert self.origin is not None, "the clock has not started"
         return self.origin + media_s
+
+    @property
+    def jitter_s(self) -> float:
+        """How much later than the quickest audio the clock runs, to wait for most of it."""
+        if self.origin is None or self.fast_origin is None:
+            return 0.0
+        return self.origin - self.fast_origin
+
+    def capture_wall(self, media_s: float) -> float:
+        """Wall time at which a camera frame showing ``media_s`` arrives (see the module doc)."""
+        assert self.fast_origin is not None, "the clock has not started"
+        return self.fast_origin + media_s
+
+
+def _approach(current: float | None, target: float) -> float:
+    """Move towards ``target`` by at most SLEW_S (jump straight there the first time)."""
+    if current is None:
+        return target
+    return current + min(SLEW_S, max(-SLEW_S, target - current))

@@ -229,7 +229,7 @@ class Session:
     def _dispatch(self, slot: int) -> None:
         time_s = self.scheduler.slot_time(slot)
         audio = self.audio_in.window(time_s, self.backend.context_s, self.backend.lookahead_s)
-        camera = self.camera.at(self.clock.wall(time_s)) if self.avatar.is_camera else None
+        camera = self.camera.at(self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
 
         def build() -> FrameJob:  # runs in the worker thread
             return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), self.avatar)
@@ -281,7 +281,7 @@ class Session:
         emission = scheduler.emit(slot)
         self._video_slot = slot + 1
         self._wake.set()
-        camera = self.camera.at(self.clock.wall(scheduler.slot_time(slot))) if self.avatar.is_camera else None
+        camera = self.camera.at(self.clock.capture_wall(scheduler.slot_time(slot))) if self.avatar.is_camera else None
         loop = asyncio.get_running_loop()
         frame = await loop.run_in_executor(None, self._compose, emission, camera)
         frame.pts = round(slot * 90000 / scheduler.config.fps)
@@ -344,6 +344,7 @@ class Session:
             avatar=self.options.avatar,
             counts=self.scheduler.counts.as_dict(),
             delay_s=self.scheduler.config.delay_s,
+            jitter_s=self.clock.jitter_s,
             uptime_s=time.monotonic() - self.created,
         )
 
