@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from tests.media import shared_media, video_fps
@@ -25,3 +27,26 @@ async def test_camera_passthrough_holds_fps_and_one_clock(server_url: str) -> No
     print(f"fps {fps:.2f}, A/V offset median {median * 1000:.1f} ms, p5..p95 "
           f"{np.percentile(offsets, 5) * 1000:.1f}..{np.percentile(offsets, 95) * 1000:.1f} ms")
     assert abs(median) <= 0.040, f"A/V offset {median * 1000:.1f} ms is more than one frame"
+
+
+async def test_a_half_speed_backend_still_holds_25_fps_by_interpolating(live) -> None:
+    clip = shared_media(*CLIP)
+    sessions = []
+
+    async def keep_session() -> None:
+        while not sessions:
+            sessions.extend(live.server.sessions.values())
+            await asyncio.sleep(0.05)
+
+    keeper = asyncio.create_task(keep_session())
+    received = await stream_clip(live.url, clip, seconds=5.0, options={"backend": "slow", "avatar": "astronaut", "fps": 25})
+    keeper.cancel()
+    fps = output_fps(received)
+    (session,) = sessions
+    counts = session.scheduler.counts
+    print(f"fps {fps:.2f}, counts {counts}, delay {session.scheduler.config.delay_s * 1000:.0f} ms")
+    assert 23.0 <= fps <= 27.0, f"output video at {fps:.1f} fps"
+    sent = counts.generated + counts.interpolated + counts.repeated
+    assert 0.35 <= counts.generated / sent <= 0.65  # about every other frame is generated
+    assert counts.interpolated >= 0.6 * (sent - counts.generated)  # most of the rest interpolated
+    assert len(session.stats.latency_s) > 50 and max(session.stats.latency_s) < session.scheduler.config.delay_s + 0.05

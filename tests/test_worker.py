@@ -1,0 +1,49 @@
+"""The shared backend worker: batching across sessions, and errors reported per job."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from engines.base import AudioWindow, BackendError, FrameJob
+from stream_server.worker import BackendWorker
+from tests.backends import BatchingBackend, BrokenBackend
+
+WINDOW = AudioWindow(0.0, 0.2, 0.0, np.zeros(3200, np.float32), np.zeros((20, 80), np.float32))
+
+
+def job(stream: str, slot: int) -> FrameJob:
+    backend = BatchingBackend()
+    return FrameJob(stream, slot, slot / 25, WINDOW, np.zeros((32, 32, 3), np.uint8), backend.prepare_avatar("a", None))
+
+
+async def test_jobs_waiting_together_share_one_generate_call() -> None:
+    BatchingBackend.batches.clear()
+    worker = BackendWorker(BatchingBackend())
+    try:
+        # eight jobs from two sessions arrive while the worker is busy: batches of up to four
+        futures = [worker.submit(lambda s=s, k=k: job(s, k)) for k in range(4) for s in ("a", "b")]
+        results = await asyncio.gather(*futures)
+    finally:
+        worker.stop()
+    assert sum(BatchingBackend.batches) == 8 and max(BatchingBackend.batches) == 4
+    assert len(BatchingBackend.batches) <= 4
+    for (frame, seconds), k in zip(results, [k for k in range(4) for _ in "ab"]):
+        assert frame.shape == (32, 32, 3) and frame[0, 0, 0] == k * 8 and seconds > 0
+
+
+@pytest.mark.parametrize(("mode", "message"), [("raise", "model exploded"), ("shape", "expected (32, 32, 3)")])
+async def test_a_failing_backend_fails_its_jobs_not_the_worker(mode: str, message: str) -> None:
+    backend = BrokenBackend()
+    backend.mode = mode
+    worker = BackendWorker(backend)
+    try:
+        with pytest.raises((RuntimeError, BackendError), match=message.replace("(", r"\(").replace(")", r"\)")):
+            await worker.submit(lambda: job("a", 0))
+        backend.mode = "fixed"  # the worker thread is still there for the next job
+        with pytest.raises(BackendError):
+            await worker.submit(lambda: job("a", 1))
+    finally:
+        worker.stop()
