@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench system-deps clean
+.PHONY: serve test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,15 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Missing Debian packages (OpenCV's libGL; for the tests, chromium and chromium-driver) are
+# installed first, as root or with sudo.
 serve: $(STAMP)
+	scripts/system-deps.sh serve
 	$(BIN)/python -m stream_server serve $(ARGS)
 
-# The browser tests need Debian's chromium and chromium-driver, ffmpeg is handy: installed
-# when missing (as root, or with sudo).
-system-deps:
-	scripts/system-deps.sh
-
-test: $(STAMP) system-deps
+test: $(STAMP)
+	scripts/system-deps.sh test
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)

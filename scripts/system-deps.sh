@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (a real browser and its driver), if missing.
+# Installs the Debian packages that are missing: for `serve`, the libraries OpenCV (needed by
+# MediaPipe) loads; for `test`, also a real browser and its driver for the browser tests.
 set -euo pipefail
 missing=()
-command -v chromium >/dev/null || missing+=(chromium)
-command -v chromedriver >/dev/null || missing+=(chromium-driver)
+ldconfig -p | grep -q "libGL.so.1 " || missing+=(libgl1)
+ldconfig -p | grep -q "libglib-2.0.so.0 " || missing+=(libglib2.0-0)
+if [ "${1:-test}" = test ]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
-echo "installing ${missing[*]} (needed by the browser tests)"
+echo "installing Debian packages: ${missing[*]}"
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "error: run as root or install: apt-get install ${missing[*]}" >&2; exit 1; }
