@@ -53,6 +53,7 @@ class Avatar:
     name: str
     image: np.ndarray | None
     data: dict[str, Any] = field(default_factory=dict)
+    notice: str = ""  # something the user should know about it ("3 faces: using the largest")
 
     @property
     def is_camera(self) -> bool:
@@ -131,6 +132,10 @@ class Backend(abc.ABC):
 
     def close_stream(self, stream_id: str) -> None:
         """Forget per-stream state when a session ends."""
+
+    def stream_stats(self, stream_id: str) -> dict[str, int]:
+        """Backend-specific counts for a stream, shown with the session's stats."""
+        return {}
 
 
 

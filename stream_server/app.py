@@ -16,6 +16,7 @@ from engines.registry import BackendRegistry
 from stream_server import metrics
 from stream_server.avatars import AvatarLibrary
 from stream_server.config import FPS_CHOICES, Settings
+from stream_server.frames import fit_cover
 from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.session import OfferError, Session
 from stream_server.worker import BackendWorker
@@ -59,6 +60,9 @@ class Server:
         if key not in self._prepared:
             worker = await self.worker(options.backend)
             image = self.avatars.image(options.avatar)
+            if image is not None:  # the backend prepares the picture exactly as it will be sent
+                assert options.width is not None and options.height is not None
+                image = await asyncio.to_thread(fit_cover, image, options.width, options.height)
             self._prepared[key] = await asyncio.to_thread(worker.backend.prepare_avatar, options.avatar, image)
         return self._prepared[key]
 
@@ -141,7 +145,13 @@ async def offer(request: web.Request) -> web.Response:
     except RuntimeError as exc:  # the backend failed to load
         return error(503, str(exc))
     return web.json_response(
-        {"sdp": answer.sdp, "type": answer.type, "session_id": session.id, "options": options.to_json()}
+        {
+            "sdp": answer.sdp,
+            "type": answer.type,
+            "session_id": session.id,
+            "options": options.to_json(),
+            "notice": session.avatar.notice,
+        }
     )
 
 

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--audio", required=True, type=Path, help="speech to lip-sync (any format FFmpeg reads)")
     render.add_argument("-o", "--output", required=True, type=Path, help="the MP4 to write")
     render.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
-    render.add_argument("--fps", type=int, default=25)
+    render.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     render.add_argument("--width", type=int, default=None, help="output width (default: the avatar's)")
     render.add_argument("--height", type=int, default=None, help="output height (default: the avatar's)")
     render.add_argument(

@@ -112,7 +112,7 @@ def render(
     audio: Path,
     output: Path,
     backend_name: str,
-    fps: int = 25,
+    fps: float = 25,
     size: tuple[int, int] | None = None,
     timing: str = "ideal",
     registry: BackendRegistry | None = None,
@@ -173,7 +173,7 @@ def render(
         return measured.get(slot, 0.0) if timing == "realtime" else 0.0
 
     writer = Mp4Writer(output, width, height, fps)
-    total = int(np.ceil(duration * fps))
+    total = int(np.ceil(duration * fps - 1e-6))
     last_report = [time.perf_counter()]
 
     def on_emit(now: float, emission: Emission[np.ndarray]) -> None:
@@ -231,10 +231,10 @@ def _job(
 class Mp4Writer:
     """H.264 + AAC in MP4 (yuv420p, faststart): plays in every browser."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int) -> None:
+    def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(path), "w", options={"movflags": "+faststart"})
-        self._video = self._container.add_stream("libx264", rate=fps)
+        self._video = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self._video.width, self._video.height = width, height
         self._video.pix_fmt = "yuv420p"
         self._video.options = {"preset": "veryfast", "crf": "20"}

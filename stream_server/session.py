@@ -125,6 +125,8 @@ class Session:
         self._blank = self._blank_frame() if self.size else np.zeros((0, 0, 3), np.uint8)
         self._camera_cache: tuple[int, np.ndarray] | None = None
         self._counted = self.scheduler.counts.as_dict()
+        if avatar.notice:
+            self.add_event(avatar.notice)
 
     # -- signalling ------------------------------------------------------------------------
     async def accept(self, sdp: str, kind: str) -> RTCSessionDescription:
@@ -345,6 +347,7 @@ class Session:
             counts=self.scheduler.counts.as_dict(),
             delay_s=self.scheduler.config.delay_s,
             jitter_s=self.clock.jitter_s,
+            backend_stats=self.backend.stream_stats(self.id),
             uptime_s=time.monotonic() - self.created,
         )
 

@@ -53,7 +53,15 @@ class SessionStats:
         span = newest - recent[0]
         return round((len(recent) - 1) / span, 1) if span > 0 else None
 
-    def snapshot(self, avatar: str, counts: dict[str, int], delay_s: float, jitter_s: float, uptime_s: float) -> dict[str, Any]:
+    def snapshot(
+        self,
+        avatar: str,
+        counts: dict[str, int],
+        delay_s: float,
+        jitter_s: float,
+        backend_stats: dict[str, int],
+        uptime_s: float,
+    ) -> dict[str, Any]:
         return {
             "type": "stats",
             "session_id": self.session_id,
@@ -66,6 +74,7 @@ class SessionStats:
             "delay_ms": round(delay_s * 1000.0, 1),
             "jitter_ms": round(jitter_s * 1000.0, 1),
             "sent_before_audio": self.sent_before_audio,
+            "backend_stats": backend_stats,
             "backend_ms": percentiles_ms(self.backend_s),
             "uptime_s": round(uptime_s, 1),
         }

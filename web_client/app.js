@@ -350,6 +350,7 @@ function renderServerStats(s) {
   setText('stat-dropped', fmt(frames.dropped));
   setText('stat-latency', `${fmt(lat.p50)} / ${fmt(lat.p95)}`);
   setText('stat-delay', fmt(s.delay_ms));
+  setText('stat-face-lost', fmt((s.backend_stats || {}).face_lost));
 }
 
 // ---------------------------------------------------------------------------- browser stats

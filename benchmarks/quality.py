@@ -1,0 +1,135 @@
+"""Lip-sync quality on real talking clips (DESIGN.md's measures).
+
+For each clip with audio in ../shared/testdata/video/: its first frame becomes the portrait,
+driven by the clip's own audio through ``render`` (the live pipeline on a simulated clock, every
+frame generated); then the inner-lip opening of the output is compared with the real speaker's,
+and the face above the nose with the portrait (identity kept). Writes a contact sheet PNG per clip
+(output frames, and the opening curves: output in orange, real in blue) and a JSON summary.
+
+    python -m benchmarks.quality [--backend mesh] [--clips NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+from benchmarks.lipsync_measures import agreement, identity_ssim, mouth_track, smooth3
+from benchmarks.passthrough_loopback import machine
+from engines.face import FaceLandmarker
+from stream_server.media_io import video_fps, video_frames
+from stream_server.render import render
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDEOS = ROOT.parent / "shared" / "testdata" / "video"
+RESULTS = ROOT / "benchmarks" / "results"
+# An output whose opening varies less than this has a still mouth: its "correlation" would only
+# be coding noise, so it scores 0.
+STILL_STD = 0.002
+
+
+def clips_with_audio() -> list[Path]:
+    found = []
+    for path in sorted(VIDEOS.glob("*.mp4")):
+        with av.open(str(path)) as container:
+            if container.streams.audio:
+                found.append(path)
+    return found
+
+
+def contact_sheet(frames: list[np.ndarray], output: np.ndarray, real: np.ndarray, title: str) -> np.ndarray:
+    """Eight output frames in a strip above the two opening curves."""
+    picks = np.linspace(0, len(frames) - 1, 8).astype(int)
+    tile = 160
+    strip = np.concatenate([cv2.resize(frames[i], (tile, tile), interpolation=cv2.INTER_AREA) for i in picks], axis=1)
+    width, height = strip.shape[1], 200
+    plot = np.full((height, width, 3), 255, np.uint8)
+    top = np.nanmax([np.nanmax(output), np.nanmax(real), 0.05])
+    for curve, colour in ((smooth3(real), (40, 90, 200)), (smooth3(output), (230, 120, 20))):
+        xs = np.linspace(10, width - 10, len(curve))
+        ys = height - 20 - curve / top * (height - 50)
+        points = np.stack([xs, ys], axis=1).astype(np.int32)
+        cv2.polylines(plot, [points], False, colour, 2, cv2.LINE_AA)
+    for i in picks:  # where the strip's frames are on the curves
+        x = int(10 + i / max(1, len(frames) - 1) * (width - 20))
+        cv2.line(plot, (x, height - 18), (x, height - 8), (0, 0, 0), 1)
+    cv2.putText(plot, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(plot, "output", (width - 180, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (230, 120, 20), 1, cv2.LINE_AA)
+    cv2.putText(plot, "real", (width - 90, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (40, 90, 200), 1, cv2.LINE_AA)
+    return np.concatenate([strip, plot], axis=0)
+
+
+def measure_clip(clip: Path, backend: str, work: Path, sheets: Path) -> dict[str, Any]:
+    first = next(video_frames(clip))[1]
+    portrait = work / f"{clip.stem}.png"
+    cv2.imwrite(str(portrait), cv2.cvtColor(first, cv2.COLOR_RGB2BGR))
+    fps = video_fps(clip)
+    output = work / f"{clip.stem}_{backend}.mp4"
+    started = time.perf_counter()
+    result = render(str(portrait), clip, output, backend, fps=fps, progress=False)
+    render_s = time.perf_counter() - started
+    real, _ = mouth_track(clip)
+    produced, _ = mouth_track(output)
+    still = float(np.nanstd(produced)) < STILL_STD
+    r0, lag, r_best = (0.0, 0, 0.0) if still else agreement(produced, real)
+    frames = [frame for _, frame in video_frames(output)]
+    with FaceLandmarker() as landmarker:
+        faces = landmarker.faces(first)
+    kept = identity_ssim(frames, first, faces[0].landmarks) if faces else float("nan")
+    sheet = contact_sheet(frames, produced, real, f"{clip.stem}  r={r0:.2f}  lag={lag:+d}  ssim={kept:.3f}")
+    cv2.imwrite(str(sheets / f"{clip.stem}.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return {
+        "clip": clip.name,
+        "frames": result.frames,
+        "fps": round(fps, 3),
+        "r_lag0": round(r0, 3),
+        "best_lag": lag,
+        "r_best": round(r_best, 3),
+        "still_mouth": still,
+        "identity_ssim": round(kept, 4),
+        "face_found_output": float(np.mean(~np.isnan(produced))),
+        "render_s": round(render_s, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="mesh")
+    parser.add_argument("--clips", nargs="*", help="clip file names (default: every clip with audio)")
+    args = parser.parse_args()
+    clips = clips_with_audio()
+    if args.clips:
+        clips = [c for c in clips if c.name in args.clips or c.stem in args.clips]
+    if not clips:
+        raise SystemExit(f"no clips with audio found in {VIDEOS}")
+    sheets = RESULTS / f"quality_{args.backend}"
+    sheets.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for n, clip in enumerate(clips, 1):
+            row = measure_clip(clip, args.backend, Path(work), sheets)
+            rows.append(row)
+            print(f"[{n}/{len(clips)}] {row['clip']}: r {row['r_lag0']:+.3f} at lag 0, best lag {row['best_lag']:+d} "
+                  f"(r {row['r_best']:+.3f}), identity SSIM {row['identity_ssim']:.3f}", flush=True)
+    summary = {
+        "mean_r_lag0": round(float(np.mean([r["r_lag0"] for r in rows])), 3),
+        "mean_best_lag": round(float(np.mean([r["best_lag"] for r in rows])), 2),
+        "mean_identity_ssim": round(float(np.nanmean([r["identity_ssim"] for r in rows])), 4),
+    }
+    result = {"benchmark": "quality", "backend": args.backend, "machine": machine(), "summary": summary, "clips": rows}
+    out = RESULTS / f"quality_{args.backend}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out.relative_to(ROOT)} and contact sheets in {sheets.relative_to(ROOT)}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""``mesh``: the default backend. Face landmarks + a small audio-to-mouth network + a mesh warp.
+
+Runs on any CPU with nothing to download: MediaPipe's FaceMesh ships inside its wheel and the
+audio-to-mouth weights are committed beside their training script. For a portrait the face is
+found and prepared once; for the camera, every frame is tracked (the face's tracker is per
+stream) and a frame whose face is lost goes out unchanged, counted in ``face_lost``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from engines.audio2mouth.model import AudioToMouth
+from engines.base import Avatar, AvatarError, Backend, FrameJob
+from engines.face import FaceLandmarker, face_scale
+from engines.mesh.idle import IdleMotion
+from engines.mesh.render import PreparedFace, prepare_face, render_mouth
+from engines.mouth import MouthParams
+
+MIN_EYE_DISTANCE_PX = 24  # smaller faces cannot be warped convincingly
+SMOOTHING = 0.65  # weight of the new prediction in the per-stream exponential smoothing
+
+_MODEL = AudioToMouth.load()
+
+
+@dataclass
+class _Stream:
+    """What one session's frames carry over from one frame to the next."""
+
+    idle: IdleMotion
+    params: np.ndarray | None = None
+    tracker: FaceLandmarker | None = None
+    face_lost: int = 0
+    last_camera: tuple[np.ndarray, PreparedFace | None] | None = None  # (frame, its face)
+
+    def smooth(self, raw: np.ndarray) -> np.ndarray:
+        self.params = raw if self.params is None else SMOOTHING * raw + (1.0 - SMOOTHING) * self.params
+        return self.params
+
+
+class MeshBackend(Backend):
+    name = "mesh"
+    description = "Lip-sync on any CPU: face mesh warp with a synthesised mouth interior, driven by a small audio-to-mouth network."
+    lookahead_s = _MODEL.lookahead_s
+    context_s = _MODEL.context_s
+    batch_size = 4
+    idle_motion = True  # blinks and a slight head sway on still portraits
+
+    def __init__(self) -> None:
+        self._model = _MODEL
+        self._streams: dict[str, _Stream] = {}
+
+    def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
+        if image is None:
+            return Avatar(name=name, image=None)
+        with FaceLandmarker() as landmarker:
+            faces = landmarker.faces(image)
+        if not faces:
+            raise AvatarError(
+                "no face was found in the image: use a photo of one person facing the camera, "
+                "with the whole face visible"
+            )
+        landmarks = faces[0].landmarks
+        eyes = face_scale(landmarks)
+        if eyes < MIN_EYE_DISTANCE_PX:
+            raise AvatarError(
+                f"the face is too small ({eyes:.0f} px between the eye corners, at least "
+                f"{MIN_EYE_DISTANCE_PX} needed): use a closer photo or a larger output size"
+            )
+        notice = f"{len(faces)} faces found in {name}: animating the largest" if len(faces) > 1 else ""
+        return Avatar(name=name, image=image, data={"face": prepare_face(image, landmarks)}, notice=notice)
+
+    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        predicted = self._model.predict_batch(np.stack([job.audio.mel for job in jobs]))
+        frames = []
+        for job, raw in zip(jobs, predicted):
+            stream = self._stream(job)
+            params = MouthParams.from_array(stream.smooth(raw))
+            if job.avatar.is_camera:
+                face = self._track(stream, job.base_frame)
+                if face is None:
+                    stream.face_lost += 1
+                    frames.append(job.base_frame)
+                    continue
+                frames.append(render_mouth(face, params))
+            else:
+                blink, sway = stream.idle.at(job.time_s) if self.idle_motion else (0.0, (0.0, 0.0, 0.0))
+                frames.append(render_mouth(job.avatar.data["face"], params, blink, sway))
+        return frames
+
+    def _stream(self, job: FrameJob) -> _Stream:
+        if job.stream_id not in self._streams:
+            seed = sum(job.stream_id.encode())  # different sessions blink at different times
+            self._streams[job.stream_id] = _Stream(idle=IdleMotion(seed=seed, fps=25.0))
+        return self._streams[job.stream_id]
+
+    @staticmethod
+    def _track(stream: _Stream, frame: np.ndarray) -> PreparedFace | None:
+        """The face in a camera frame (tracked from the stream's previous frames)."""
+        if stream.last_camera is not None and stream.last_camera[0] is frame:
+            return stream.last_camera[1]  # the same camera frame again (camera slower than output)
+        if stream.tracker is None:
+            stream.tracker = FaceLandmarker(tracking=True)
+        faces = stream.tracker.faces(frame)
+        face = prepare_face(frame, faces[0].landmarks) if faces else None
+        stream.last_camera = (frame, face)
+        return face
+
+    def close_stream(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.tracker is not None:
+            stream.tracker.close()
+
+    def stream_stats(self, stream_id: str) -> dict[str, int]:
+        stream = self._streams.get(stream_id)
+        return {"face_lost": stream.face_lost if stream else 0}
