@@ -1,0 +1,140 @@
+"""The `mesh` renderer: rest state untouched, opening and closure measured by FaceMesh on the output,
+blinks, and the contract (shape, dtype, input untouched). Timing is printed, not asserted."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.face import FaceLandmarker, mouth_opening
+from engines.mesh.geometry import eye_gap
+from engines.mesh.idle import IdleMotion
+from engines.mesh.render import prepare_face, render_mouth
+from engines.mouth import MouthParams
+from tests.media import shared_media
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "stream_server" / "assets" / "astronaut.jpg"
+PORTRAIT = ("image", "liveportrait_s11.jpg")
+
+
+def _load(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path))
+    assert bgr is not None, f"cannot read {path}"
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def landmarker():
+    with FaceLandmarker(tracking=False) as lm:
+        yield lm
+
+
+@pytest.fixture(scope="module", params=["astronaut", "portrait"])
+def face(request, landmarker):
+    path = ASTRONAUT if request.param == "astronaut" else shared_media(*PORTRAIT)
+    image = _load(path)
+    found = landmarker.faces(image)
+    assert found, f"no face found in {path}"
+    return image, found[0].landmarks, prepare_face(image, found[0].landmarks)
+
+
+def _measure(landmarker, image: np.ndarray) -> np.ndarray:
+    found = landmarker.faces(image)
+    assert found, "FaceMesh lost the face on the rendered frame"
+    return found[0].landmarks
+
+
+def test_rest_state_leaves_the_frame_outside_the_mouth_unchanged(face):
+    image, lm, prepared = face
+    out = render_mouth(prepared, MouthParams(prepared.rest_open, 0.0, 0.0))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    # outside a generously dilated lower-face region every pixel is exactly the input
+    s = prepared.scale
+    lower = lm[[61, 291, 152, 172, 397, 2], :2]
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(lower).astype(np.int32)), 1)
+    mask = cv2.dilate(mask, np.ones((int(0.3 * s) * 2 + 1,) * 2, np.uint8))
+    same = np.all(out == image, axis=2)
+    assert same[mask == 0].all(), f"{int((~same[mask == 0]).sum())} pixels changed outside the mouth"
+    # the top of the face (above the nose tip) and the borders, explicitly
+    nose_y = int(lm[1, 1] - 0.1 * s)
+    assert np.array_equal(out[:nose_y], image[:nose_y])
+    assert np.array_equal(out[:, :4], image[:, :4]) and np.array_equal(out[:, -4:], image[:, -4:])
+    # and within the mouth, rest means the original
+    assert np.abs(out.astype(int) - image).max() <= 2
+
+
+def test_opening_increases_the_measured_gap(face, landmarker):
+    image, _, prepared = face
+    gaps = []
+    for value in (0.0, 0.3, 0.6, 0.9):
+        t0 = time.perf_counter()
+        out = render_mouth(prepared, MouthParams(value))
+        ms = (time.perf_counter() - t0) * 1e3
+        gaps.append(mouth_opening(_measure(landmarker, out)))
+        print(f"open={value:.1f}: measured {gaps[-1]:.3f}, render {ms:.1f} ms ({image.shape[1]}x{image.shape[0]})")
+    assert all(b > a for a, b in zip(gaps, gaps[1:])), f"opening not monotonic: {gaps}"
+    assert gaps[-1] >= 0.2, f"open=0.9 measures only {gaps[-1]:.3f}"
+
+
+def test_closure_shuts_the_mouth(face, landmarker):
+    _, _, prepared = face
+    out = render_mouth(prepared, MouthParams(0.6, 0.0, 1.0))
+    gap = mouth_opening(_measure(landmarker, out))
+    assert gap < 0.05, f"closure=1 still measures {gap:.3f}"
+
+
+def test_blink_closes_the_eyes(face, landmarker):
+    image, _, prepared = face
+    before = eye_gap(_measure(landmarker, image))
+    after = eye_gap(_measure(landmarker, render_mouth(prepared, MouthParams(prepared.rest_open), blink=1.0)))
+    assert after < 0.5 * before, f"blink=1: eye gap {before:.3f} -> {after:.3f}"
+
+
+def test_contract_and_input_untouched(face):
+    image, lm, _ = face
+    image_copy, lm_copy = image.copy(), lm.copy()
+    prepared = prepare_face(image, lm)
+    for params, blink, sway in ((MouthParams(0.7, 0.5, 0.0), 0.5, (2.0, -1.0, 1.5)),
+                                (MouthParams(0.0, -1.0, 1.0), 1.0, (0.0, 0.0, 0.0))):
+        out = render_mouth(prepared, params, blink, sway)
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert out is not image and not np.shares_memory(out, image)
+    assert np.array_equal(image, image_copy) and np.array_equal(lm, lm_copy)
+
+
+def test_idle_motion_is_deterministic_and_natural():
+    a, b = IdleMotion(5, 25), IdleMotion(5, 25)
+    times = np.arange(0, 60, 1 / 25)
+    blinks = np.array([a.blink_at(t) for t in times[::-1]])[::-1]  # any query order
+    assert np.array_equal(blinks, [b.blink_at(t) for t in times])
+    starts = np.nonzero((blinks[1:] > 0) & (blinks[:-1] == 0))[0]
+    assert 8 <= len(starts) <= 35 and blinks.max() > 0.9
+    sway = np.array([a.sway_at(t) for t in times])
+    assert np.abs(sway[:, :2]).max() <= 2.0 + 1e-6 and np.abs(sway[:, 2]).max() < 2.0
+    assert np.abs(np.diff(sway, axis=0)).max() < 0.2  # slow
+    off = IdleMotion(5, 25, blinks=False, sway=False)
+    assert off.at(3.0) == (0.0, (0.0, 0.0, 0.0))
+
+
+def test_print_timing(face):
+    image, lm, prepared = face
+    cv2.setNumThreads(1)
+    prep = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        prepare_face(image, lm)
+        prep.append((time.perf_counter() - t0) * 1e3)
+    idle = IdleMotion(1, 25)
+    ms = []
+    for k in range(60):
+        blink, sway = idle.frame(k)
+        t0 = time.perf_counter()
+        render_mouth(prepared, MouthParams(0.5 + 0.4 * np.sin(k / 3), 0.3 * np.cos(k / 5), 0.0), blink, sway)
+        ms.append((time.perf_counter() - t0) * 1e3)
+    print(f"{image.shape[1]}x{image.shape[0]}: prepare p50 {np.median(prep):.1f} ms; "
+          f"render p50 {np.median(ms):.1f} / p95 {np.percentile(ms, 95):.1f} ms (one thread)")
