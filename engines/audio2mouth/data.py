@@ -1,0 +1,361 @@
+"""Training data for the audio-to-mouth model, all produced on this machine.
+
+Two sources:
+
+* **Synthetic speech with exact phone timing** (Festival, Debian packages ``festival``,
+  ``festvox-kallpc16k`` and ``festvox-us-slt-hts``): sentences written below and random word
+  sequences drawn (fixed seed) from the word list below, spoken at several speaking rates; the
+  phone segments Festival reports (``utt.save.segs``) are mapped to mouth targets through
+  :data:`VISEMES` and smoothed for coarticulation.
+* **Real talking clips** (``../shared/testdata/video``, read in place, never copied): the mouth
+  track FaceMesh measures on each frame, with the clip's own audio as input.
+
+Every waveform is augmented for real microphones (gain, noise, reverberation, colouring, speed)
+before the server's own log-mel (:class:`stream_server.features.LogMel`) is computed on it, so
+training sees exactly the features the server computes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stream_server import features
+
+SR = features.SAMPLE_RATE
+
+# Mouth targets per phone (Festival's US "radio" phone set): open (0..1, 1 = shouted "ah"),
+# width (-1 rounded .. +1 spread), closure (0..1, lips pressed). Diphthongs are two halves.
+VISEMES: dict[str, tuple[float, float, float]] = {
+    "pau": (0.0, 0.0, 0.0),
+    "h#": (0.0, 0.0, 0.0),
+    "aa": (0.65, 0.1, 0.0), "ae": (0.55, 0.4, 0.0), "ah": (0.50, 0.1, 0.0), "ao": (0.55, -0.4, 0.0),
+    "ax": (0.30, 0.0, 0.0), "eh": (0.45, 0.4, 0.0), "er": (0.30, -0.3, 0.0), "ih": (0.30, 0.4, 0.0),
+    "iy": (0.20, 0.6, 0.0), "uh": (0.30, -0.5, 0.0), "uw": (0.18, -0.8, 0.0),
+    "b": (0.0, 0.0, 1.0), "p": (0.0, 0.0, 1.0), "m": (0.0, 0.0, 1.0),
+    "f": (0.06, 0.1, 0.3), "v": (0.06, 0.1, 0.3),
+    "th": (0.18, 0.1, 0.0), "dh": (0.18, 0.1, 0.0),
+    "t": (0.15, 0.2, 0.0), "d": (0.15, 0.2, 0.0), "n": (0.15, 0.2, 0.0), "l": (0.25, 0.1, 0.0),
+    "s": (0.10, 0.4, 0.0), "z": (0.10, 0.4, 0.0),
+    "sh": (0.15, -0.5, 0.0), "zh": (0.15, -0.5, 0.0), "ch": (0.15, -0.5, 0.0), "jh": (0.15, -0.5, 0.0),
+    "k": (0.25, 0.0, 0.0), "g": (0.25, 0.0, 0.0), "ng": (0.20, 0.0, 0.0),
+    "hh": (0.35, 0.0, 0.0), "r": (0.20, -0.4, 0.0), "w": (0.10, -0.8, 0.0), "y": (0.15, 0.5, 0.0),
+}
+DIPHTHONGS = {"aw": ("aa", "uw"), "ay": ("aa", "iy"), "ey": ("eh", "iy"), "ow": ("ao", "uw"), "oy": ("ao", "iy")}
+BILABIALS = {"b", "p", "m"}
+COARTICULATION_SIGMA_S = 0.025  # Gaussian smoothing of the phone-wise targets
+
+SENTENCES = [
+    "The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.", "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.", "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.", "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.", "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.", "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.", "A pot of tea helps to pass the evening.",
+    "Smoky fires lack flame and heat.", "The soft cushion broke the man's fall.",
+    "The salt breeze came across from the sea.", "The girl at the booth sold fifty bonds.",
+    "Hello, my name is Paul and I am happy to meet you.", "Please pass the butter and the bread.",
+    "Maybe we should meet at the museum at about nine.", "Bob bought a big map of Bombay.",
+    "Oh wow, that was amazing!", "Why do you always say that?", "I am not sure about this, but maybe.",
+    "We will be ready by Monday morning.", "Mom made a mango pie for my birthday.",
+    "Open the window, the room is too warm.", "You know, I really thought it would be easier.",
+    "Peter picked a peck of pickled peppers.", "She sells sea shells by the sea shore.",
+    "The weather is beautiful today, isn't it?", "Come on, we are going to be late again.",
+    "Thank you very much for watching this video.", "Please remember to subscribe and share.",
+    "Our team won the match by a wide margin.", "My brother moved to Boston last summer.",
+    "What happened to the money we put aside?", "Everybody wants to be happy and free.",
+]
+WORDS = (
+    "a about above across act add after again against age ago air all almost alone along already also always am among an "
+    "and animal another answer any anything appear apple are area arm around art as ask at away baby back bad bag ball bank "
+    "bar base be bear beat beautiful became because become bed been before began begin behind being believe below best "
+    "better between big bird black blood blue boat body book born both bottom box boy bread break bright bring brother "
+    "brown build but buy by call came can car care carry case cat catch cause center change child choose church city "
+    "class clear close cold color come common cool could country course cover cup cut dark day dead deal dear decide "
+    "deep did die different do doctor does dog done door down draw dream dress drink drive drop dry during each early "
+    "earth east easy eat edge egg eight either else end enough even evening ever every eye face fact fall family far "
+    "farm fast father fear feel feet few field fight fill find fine fire first fish five floor fly follow food foot "
+    "for force forest form four free fresh friend from front fruit full game garden gave get girl give glass go god gold "
+    "good got great green ground group grow guess gun had hair half hand happen happy hard has hat have he head hear "
+    "heart heavy help her here high hill him his hit hold hole home hope horse hot hour house how huge human hundred "
+    "I ice idea if important in inside into iron is island it job join joy judge jump just keep key kill kind king "
+    "kitchen knew know lady lake land language large last late laugh law lay lead learn least leave left leg less let "
+    "letter life light like line lip list listen little live long look lose lot loud love low machine made main make "
+    "man many map mark market match may me mean meat meet member memory middle might mile milk mind minute miss moment "
+    "money month moon more morning most mother mountain mouth move much music must my name nation near neck need never "
+    "new news next nice night nine no noise none north nose not nothing now number object ocean of off offer office "
+    "often oh oil old on once one only open or order other our out over own page paint pair paper park part party pass "
+    "past pay people perhaps person pick picture piece place plan plant play please plus point poor possible power "
+    "press pretty probably problem pull push put queen question quick quiet quite rain raise ran reach read ready real "
+    "reason red remember rest rich ride right ring river road rock roll room rope rose round rule run sad safe said "
+    "same sat save saw say school sea season seat second see seem sell send sense seven shape share she ship shoe shop "
+    "short should shoulder show side sign simple since sing sister sit six size skin sky sleep slow small smell smile "
+    "snow so soft some son song soon sound south space speak special speed spring square stand star start state stay "
+    "step still stone stop store story street strong study such sudden summer sun supply sure surprise sweet table "
+    "take talk tall teach team tell ten than thank that the their them then there these they thick thin thing think "
+    "third this those though thought thousand three through throw time tiny to today together told tomorrow too took "
+    "top total touch toward town track train travel tree trip true try turn twelve two under until up upon us use "
+    "usual valley very village visit voice vowel wait walk wall want war warm was wash watch water wave way we wear "
+    "weather week weight well went were west what wheel when where which while white who whole why wide wife wild will "
+    "win window winter wish with woman wonder wood word work world would write wrong yard year yellow yes yet you young "
+    "your zoo baby bubble pebble maybe mumble bump map mop moop peep bob pop mama papa"
+).split()
+
+
+@dataclass
+class Utterance:
+    """One utterance: 16 kHz audio and mouth targets at 100 Hz (the mel frame centres)."""
+
+    name: str
+    pcm: np.ndarray  # float32 16 kHz
+    targets: np.ndarray  # (n_mel_frames, 3) at the mel frame centres
+    mask: np.ndarray  # (n_mel_frames, 3) weight of each target (0 where unknown)
+
+
+def require_festival() -> str:
+    exe = shutil.which("festival")
+    if exe is None:
+        raise SystemExit(
+            "festival is not installed: apt-get install -y festival festvox-kallpc16k festvox-us-slt-hts"
+        )
+    return exe
+
+
+def random_texts(count: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    texts = list(SENTENCES)
+    while len(texts) < count:
+        n = int(rng.integers(4, 12))
+        texts.append(" ".join(rng.choice(WORDS, n)).capitalize() + rng.choice([".", ".", "?", "!", ","]))
+    return texts[:count]
+
+
+FESTIVAL_VOICES = {"kal": "voice_kal_diphone", "slt": "voice_cmu_us_slt_arctic_hts"}
+
+
+def synthesize_festival(texts: list[str], voice: str, stretch: float, workdir: Path) -> list[tuple[np.ndarray, list[tuple[float, str]]]]:
+    """Speak each text with Festival; returns (16 kHz pcm, [(end_s, phone), ...]) per text."""
+    exe = require_festival()
+    lines = [f"({FESTIVAL_VOICES[voice]})", f"(Parameter.set 'Duration_Stretch {stretch})"]
+    for i, text in enumerate(texts):
+        safe = text.replace('"', "").replace("\\", "")
+        lines.append(f'(set! utt (utt.synth (Utterance Text "{safe}")))')
+        lines.append(f'(utt.save.wave utt "{workdir}/{i}.wav" \'riff)')
+        lines.append(f'(utt.save.segs utt "{workdir}/{i}.segs")')
+    script = workdir / "run.scm"
+    script.write_text("\n".join(lines) + "\n")
+    subprocess.run([exe, "-b", str(script)], check=True, capture_output=True)
+    out = []
+    for i in range(len(texts)):
+        pcm = read_wav_16k(workdir / f"{i}.wav")
+        segs = []
+        for line in (workdir / f"{i}.segs").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] != "#":
+                segs.append((float(parts[0]), parts[2]))
+        out.append((pcm, segs))
+    return out
+
+
+def read_wav_16k(path: Path) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    with wave.open(str(path)) as w:
+        rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+        raw = w.readframes(w.getnframes())
+    assert width == 2
+    pcm = np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
+    if channels > 1:
+        pcm = pcm.reshape(-1, channels).mean(axis=1)
+    if rate != SR:
+        g = np.gcd(rate, SR)
+        pcm = resample_poly(pcm, SR // g, rate // g).astype(np.float32)
+    return pcm
+
+
+def phone_targets(segs: list[tuple[float, str]], n_frames: int, time_scale: float = 1.0) -> np.ndarray:
+    """(n_frames, 3) targets at the mel frame centres from [(end_s, phone)], smoothed."""
+    centres = (np.arange(n_frames) * features.HOP + features.WIN / 2) / SR
+    raw = np.zeros((n_frames, 3), np.float32)
+    bilabial = np.zeros(n_frames, bool)
+    start = 0.0
+    for end, phone in segs:
+        end *= time_scale
+        halves = DIPHTHONGS.get(phone)
+        pieces = [(start, end, phone)] if halves is None else [
+            (start, (start + end) / 2, halves[0]), ((start + end) / 2, end, halves[1])]
+        for a, b, p in pieces:
+            sel = (centres >= a) & (centres < b)
+            raw[sel] = VISEMES.get(p, (0.2, 0.0, 0.0))
+            if p in BILABIALS:
+                # the lips are sealed over the middle of the stop / nasal
+                core = (centres >= a + 0.2 * (b - a)) & (centres < b - 0.2 * (b - a))
+                bilabial |= core
+        start = end
+    sigma = COARTICULATION_SIGMA_S * 100.0
+    radius = int(3 * sigma) + 1
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    smooth = np.stack([np.convolve(np.pad(raw[:, c], radius, mode="edge"), kernel, mode="valid") for c in range(3)], 1)
+    smooth[bilabial, 0] = np.minimum(smooth[bilabial, 0], 0.02)
+    smooth[bilabial, 2] = np.maximum(smooth[bilabial, 2], 0.9)
+    return smooth.astype(np.float32)
+
+
+# --- augmentation ---------------------------------------------------------------------------------
+
+def augment(pcm: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """A random microphone: colouring, reverberation, noise and gain (speed is applied by the caller)."""
+    from scipy.signal import fftconvolve, lfilter
+
+    x = pcm.astype(np.float64)
+    if rng.random() < 0.5 * strength:  # simple EQ: a one-pole high/low shelf
+        a = rng.uniform(-0.9, 0.9)
+        x = lfilter([1.0, -a * rng.uniform(0, 1)], [1.0], x)
+    if rng.random() < 0.5 * strength:  # reverberation: exponentially decaying noise impulse response
+        rt60 = rng.uniform(0.1, 0.6)
+        n = int(rt60 * SR)
+        t = np.arange(n) / SR
+        ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
+        ir[0] = 1.0 / rng.uniform(0.05, 0.5)  # direct path against the reverberant tail
+        ir /= np.sqrt(np.sum(ir**2))
+        x = fftconvolve(x, ir)[: len(x)]
+    rms = np.sqrt(np.mean(x**2)) + 1e-9
+    if rng.random() < 0.7 * strength:  # background noise: white, pink or brown, 5..40 dB SNR
+        noise = rng.standard_normal(len(x))
+        kind = rng.integers(3)
+        if kind == 1:
+            noise = lfilter([1.0], [1.0, -0.95], noise)
+        elif kind == 2:
+            noise = lfilter([1.0], [1.0, -0.995], noise)
+        noise *= rms / (np.sqrt(np.mean(noise**2)) + 1e-9) * 10 ** (-rng.uniform(5, 40) / 20)
+        x = x + noise
+    x = x / (np.max(np.abs(x)) + 1e-9) * 10 ** (rng.uniform(-35, -1) / 20)  # peak level -35..-1 dBFS
+    return x.astype(np.float32)
+
+
+def change_speed(pcm: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``factor`` times faster (pitch and formants move with it); times scale by 1/factor."""
+    from scipy.signal import resample_poly
+
+    up = 100
+    down = int(round(100 * factor))
+    return resample_poly(pcm, up, down).astype(np.float32)
+
+
+# --- the two sources ------------------------------------------------------------------------------
+
+def tts_utterances(n_texts: int, copies: int, seed: int = 0, log=print) -> list[Utterance]:
+    """Festival speech for ``n_texts`` texts per voice and speaking rate, ``copies`` augmented copies each."""
+    rng = np.random.default_rng(seed)
+    logmel = features.LogMel()
+    texts = random_texts(n_texts, seed)
+    out: list[Utterance] = []
+    for voice in FESTIVAL_VOICES:
+        for stretch in (0.85, 1.0, 1.25):
+            with tempfile.TemporaryDirectory() as tmp:
+                spoken = synthesize_festival(texts, voice, stretch, Path(tmp))
+            for i, (pcm, segs) in enumerate(spoken):
+                for c in range(copies):
+                    speed = float(rng.uniform(0.9, 1.1)) if c > 0 else 1.0
+                    audio = change_speed(pcm, speed) if speed != 1.0 else pcm
+                    # leading / trailing pause, so that noise-only stretches longer than the
+                    # context are seen too (targets: closed)
+                    lead = int(rng.uniform(0.1, 1.5) * SR)
+                    audio = np.concatenate([np.zeros(lead, np.float32), audio,
+                                            np.zeros(int(rng.uniform(0.1, 1.5) * SR), np.float32)])
+                    audio = augment(audio, rng, strength=1.0 if c > 0 else 0.3)
+                    mel = logmel.frames(audio)
+                    shifted = [(end / speed + lead / SR, p) for end, p in segs]
+                    targets = phone_targets(shifted, len(mel))
+                    out.append(Utterance(f"{voice}-{stretch}-{i}-{c}", audio, targets, np.ones_like(targets)))
+            log(f"  festival {voice} stretch {stretch}: {len(texts)} texts x {copies} copies")
+    return out
+
+
+VIDEO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "video"
+
+
+@dataclass
+class Clip:
+    """A real talking clip: its audio, and the FaceMesh mouth track per video frame."""
+
+    name: str
+    pcm: np.ndarray
+    times: np.ndarray  # video frame times, s
+    opening: np.ndarray  # engines.face.mouth_opening per frame
+    width: np.ndarray  # mouth-corner distance / eye distance per frame
+
+
+def real_clips(video_dir: Path = VIDEO_DIR, cache: Path | None = None, log=print) -> list[Clip]:
+    """Mouth tracks of every clip with audio in ``video_dir`` (cached as .npz in ``cache``, if given)."""
+    from engines.face import MOUTH_CORNERS, FaceLandmarker, face_scale, mouth_opening
+    from stream_server import media_io
+
+    paths = sorted(p for p in video_dir.glob("*.mp4"))
+    if not paths:
+        raise SystemExit(f"no clips in {video_dir}")
+    clips = []
+    for path in paths:
+        cached = cache / f"{path.stem}.npz" if cache else None
+        if cached is not None and cached.exists():
+            d = np.load(cached)
+            clips.append(Clip(path.stem, d["pcm"], d["times"], d["opening"], d["width"]))
+            continue
+        try:
+            pcm = media_io.load_audio(path, SR)
+        except ValueError:
+            log(f"  {path.name}: no audio, skipped")
+            continue
+        times, opening, width = [], [], []
+        with FaceLandmarker(tracking=True) as landmarker:
+            for t, rgb in media_io.video_frames(path):
+                faces = landmarker.faces(rgb)
+                times.append(t)
+                if faces:
+                    lm = faces[0].landmarks
+                    opening.append(mouth_opening(lm))
+                    a, b = MOUTH_CORNERS
+                    width.append(float(np.linalg.norm(lm[a, :2] - lm[b, :2])) / max(face_scale(lm), 1e-6))
+                else:
+                    opening.append(np.nan)
+                    width.append(np.nan)
+        clip = Clip(path.stem, pcm, np.array(times), np.array(opening), np.array(width))
+        if cached is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez(cached, pcm=clip.pcm, times=clip.times, opening=clip.opening, width=clip.width)
+        log(f"  {path.name}: {len(times)} frames, {np.isnan(clip.opening).sum()} without a face")
+        clips.append(clip)
+    return clips
+
+
+def clip_targets(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, mask) per video frame: open = opening / 0.35; width centred on the clip's median."""
+    from engines.mouth import OPENING_AT_FULL
+
+    open_ = np.clip(clip.opening / OPENING_AT_FULL, 0, 1)
+    width = np.clip((clip.width - np.nanmedian(clip.width)) * 8.0, -1, 1)
+    targets = np.stack([open_, width, np.zeros_like(open_)], 1).astype(np.float32)
+    mask = np.stack([np.isfinite(open_), np.isfinite(width) * 0.3, np.zeros_like(open_)], 1).astype(np.float32)
+    return np.nan_to_num(targets), mask
+
+
+FIXTURE_TEXT = "Mama, a palm. Bob may pop by."
+
+
+def write_fixture(path: Path) -> None:
+    """A short Festival utterance (kal voice) with its phone segments, for the unit tests."""
+    with tempfile.TemporaryDirectory() as tmp:
+        [(pcm, segs)] = synthesize_festival([FIXTURE_TEXT], "kal", 1.0, Path(tmp))
+    ends = np.array([e for e, _ in segs], np.float32)
+    phones = np.array([p for _, p in segs])
+    np.savez_compressed(path, pcm=(np.clip(pcm, -1, 1) * 32767).astype(np.int16), ends=ends, phones=phones,
+                        text=np.array(FIXTURE_TEXT))

@@ -1,0 +1,119 @@
+"""Audio-to-mouth model: log-mel frames around one video frame -> mouth parameters.
+
+Numpy-only inference (no torch at run time). The weights file ``weights.npz`` beside this module
+holds float32 arrays and a JSON ``config`` string; ``train.py`` regenerates it.
+
+Input: the server's log-mel frames (``stream_server.features``) whose centres lie in
+[t - context_s, t + lookahead_s). Each window is normalised on its own (level-invariant): the
+window's maximum log-mel value (over the whole context, so that a pause after speech stays
+quiet relative to the speech before it) is subtracted, the result clipped ``floor`` below it and
+scaled to [0, 1]; one extra input says how loud the window is in absolute terms (a silence gate
+the network learns to use). The network sees the last ``detail_s + lookahead_s`` of it.
+Architecture: a per-frame projection shared over time (80 -> P, ReLU), the projections of the
+detail frames flattened, two dense ReLU layers, and three outputs:
+open (sigmoid), width (tanh), closure (sigmoid), as ``engines.mouth.MouthParams`` defines them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stream_server import features
+
+DEFAULT_WEIGHTS = Path(__file__).with_name("weights.npz")
+LAYERS = ("proj", "fc1", "fc2", "out")
+
+
+@dataclass(frozen=True)
+class Config:
+    context_s: float = 0.80  # past audio: the level reference looks this far back
+    lookahead_s: float = 0.10
+    detail_s: float = 0.30  # the network sees the spectra of [t - detail_s, t + lookahead_s)
+    floor: float = 12.0  # natural-log units kept below the window's maximum (about 52 dB)
+    level_low: float = -12.0  # window maximum at which the level input is 0 ...
+    level_high: float = -6.0  # ... and 1
+    proj: int = 24
+    hidden: int = 128
+    hidden2: int = 64
+
+    @property
+    def frames(self) -> int:
+        return len(features.frames_centered_in(10.0 - self.context_s, 10.0 + self.lookahead_s))
+
+    @property
+    def detail_frames(self) -> int:
+        return len(features.frames_centered_in(10.0 - self.detail_s, 10.0 + self.lookahead_s))
+
+
+def normalise(mel: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(B, T, 80) log-mel -> ((B, D, 80) in [0, 1]: the last D = detail_frames frames relative to the
+    whole window's maximum, (B, 1) level of that maximum in [0, 1])."""
+    mel = np.asarray(mel, np.float32)
+    top = mel.max(axis=(1, 2), keepdims=True)
+    x = (np.maximum(mel[:, -config.detail_frames:] - top, -config.floor) + config.floor) / config.floor
+    level = np.clip((top[:, :, 0] - config.level_low) / (config.level_high - config.level_low), 0.0, 1.0)
+    return x.astype(np.float32), level.astype(np.float32)
+
+
+class AudioToMouth:
+    """Predicts [open, width, closure] per video frame from its mel window."""
+
+    def __init__(self, params: dict[str, np.ndarray], config: Config) -> None:
+        self.config = config
+        self.context_s = config.context_s
+        self.lookahead_s = config.lookahead_s
+        self.frames = config.frames
+        self._p = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> "AudioToMouth":
+        path = Path(path) if path is not None else DEFAULT_WEIGHTS
+        if not path.exists():
+            raise FileNotFoundError(f"audio-to-mouth weights not found at {path} (python -m engines.audio2mouth.train)")
+        with np.load(path, allow_pickle=False) as data:
+            config = Config(**json.loads(str(data["config"])))
+            params = {k: data[k] for k in data.files if k != "config"}
+        return cls(params, config)
+
+    def save(self, path: Path) -> None:
+        config = {k: getattr(self.config, k) for k in Config.__dataclass_fields__}
+        np.savez(path, config=np.array(json.dumps(config)), **self._p)
+
+    def predict(self, mel: np.ndarray) -> np.ndarray:
+        """(T, 80) log-mel window -> float32 (3,) [open, width, closure]."""
+        return self.predict_batch(np.asarray(mel)[None])[0]
+
+    def predict_batch(self, mels: np.ndarray) -> np.ndarray:
+        """(B, T, 80) log-mel windows -> float32 (B, 3)."""
+        mels = np.asarray(mels, np.float32)
+        if mels.ndim != 3 or mels.shape[1:] != (self.frames, features.N_MELS):
+            raise ValueError(f"expected mel windows of shape (B, {self.frames}, {features.N_MELS}), got {mels.shape}")
+        p = self._p
+        x, level = normalise(mels, self.config)
+        h = np.maximum(x @ p["proj.w"] + p["proj.b"], 0.0)  # (B, T, P)
+        h = np.concatenate([h.reshape(len(h), -1), level], axis=1)
+        h = np.maximum(h @ p["fc1.w"] + p["fc1.b"], 0.0)
+        h = np.maximum(h @ p["fc2.w"] + p["fc2.b"], 0.0)
+        z = h @ p["out.w"] + p["out.b"]
+        out = np.empty_like(z)
+        out[:, 0] = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        out[:, 1] = np.tanh(z[:, 1])
+        out[:, 2] = 1.0 / (1.0 + np.exp(-z[:, 2]))
+        return out.astype(np.float32)
+
+
+def mel_windows(mel: np.ndarray, times_s: np.ndarray, context_s: float, lookahead_s: float) -> np.ndarray:
+    """(N, T, 80) windows of a whole-signal log-mel (framed from sample 0) around each time,
+    exactly as the server cuts them (frames outside the signal are ``features.SILENCE``)."""
+    ranges = [features.frames_centered_in(t - context_s, t + lookahead_s) for t in times_s]
+    length = len(ranges[0]) if ranges else 0
+    out = np.full((len(ranges), length, features.N_MELS), features.SILENCE, np.float32)
+    for i, r in enumerate(ranges):
+        lo, hi = max(r.start, 0), min(r.stop, len(mel))
+        if hi > lo:
+            out[i, lo - r.start:hi - r.start] = mel[lo:hi]
+    return out

@@ -1,0 +1,207 @@
+"""Train the audio-to-mouth model from scratch and write ``weights.npz`` beside this file.
+
+    python -m engines.audio2mouth.train                 # data + weights (a few minutes on 2 cores)
+    python -m engines.audio2mouth.train --real --loco   # experiment: add the real clips' mouth tracks,
+                                                        # with leave-one-clip-out scores
+
+Needs Festival (apt-get install -y festival festvox-kallpc16k festvox-us-slt-hts) and PyTorch
+(training only; inference is numpy). Data: see ``data.py`` and README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engines.audio2mouth import data, evaluate
+from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, mel_windows
+from stream_server import features
+
+LOSS_WEIGHTS = np.array([1.0, 0.3, 0.5], np.float32)  # open, width, closure
+
+
+class Pool:
+    """Training windows: TTS utterances (gathered on the fly from one long mel) + real-clip windows."""
+
+    def __init__(self, config: Config, utterances: list[data.Utterance], clips: list[data.Clip]) -> None:
+        logmel = features.LogMel()
+        centre = features.frame_center_s(100)
+        before = 100 - features.frames_centered_in(centre - config.context_s, centre + config.lookahead_s).start
+        pad = config.frames + 5
+        mels, starts, targets, masks = [np.full((pad, features.N_MELS), features.SILENCE, np.float32)], [], [], []
+        offset = pad
+        for utt in utterances:
+            mel = logmel.frames(utt.pcm)
+            n = min(len(mel), len(utt.targets))
+            mels.append(mel[:n])
+            mels.append(np.full((pad, features.N_MELS), features.SILENCE, np.float32))
+            idx = np.arange(0, n, 2)  # every other 10 ms frame
+            starts.append(offset + idx - before)
+            targets.append(utt.targets[idx])
+            masks.append(utt.mask[idx])
+            offset += n + pad
+        self.mel = np.concatenate(mels)
+        self.starts = np.concatenate(starts) if starts else np.zeros(0, int)
+        self.targets = np.concatenate(targets) if targets else np.zeros((0, 3), np.float32)
+        self.masks = np.concatenate(masks) if masks else np.zeros((0, 3), np.float32)
+        # real clips: windows at the video frame times, each clip several times with augmented audio
+        self.real_x, self.real_y, self.real_m = [], [], []
+        for clip in clips:
+            y, m = data.clip_targets(clip)
+            self.real_x.append(mel_windows(logmel.frames(clip.pcm), clip.times, config.context_s, config.lookahead_s))
+            self.real_y.append(y)
+            self.real_m.append(m)
+        if clips:
+            self.real_x, self.real_y, self.real_m = map(np.concatenate, (self.real_x, self.real_y, self.real_m))
+        self.frames = config.frames
+
+
+def augment_clips(clips: list[data.Clip], copies: int, seed: int) -> list[data.Clip]:
+    rng = np.random.default_rng(seed)
+    out = list(clips)
+    for clip in clips:
+        for _ in range(copies):
+            out.append(data.Clip(clip.name, data.augment(clip.pcm, rng, 0.8), clip.times, clip.opening, clip.width))
+    return out
+
+
+def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: float = 0.3, log=print) -> AudioToMouth:
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    T, P, D = config.frames, config.proj, config.detail_frames
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(features.N_MELS, P)
+            self.fc1 = torch.nn.Linear(D * P + 1, config.hidden)
+            self.fc2 = torch.nn.Linear(config.hidden, config.hidden2)
+            self.out = torch.nn.Linear(config.hidden2, 3)
+            self.drop = torch.nn.Dropout(0.2)
+
+        def forward(self, mel: torch.Tensor) -> torch.Tensor:
+            top = mel.amax(dim=(1, 2), keepdim=True)
+            x = (torch.clamp(mel[:, -D:] - top, min=-config.floor) + config.floor) / config.floor
+            level = torch.clamp((top[:, :, 0] - config.level_low) / (config.level_high - config.level_low), 0, 1)
+            h = torch.relu(self.proj(x)).reshape(len(x), -1)
+            h = self.drop(torch.cat([h, level], 1))
+            h = self.drop(torch.relu(self.fc1(h)))
+            h = torch.relu(self.fc2(h))
+            z = self.out(h)
+            return torch.stack([torch.sigmoid(z[:, 0]), torch.tanh(z[:, 1]), torch.sigmoid(z[:, 2])], 1)
+
+    net = Net()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    mel = torch.from_numpy(pool.mel)
+    offsets = torch.arange(T)
+    n_real = len(pool.real_y) if len(pool.real_x) else 0
+    batch = 512
+    lw = torch.from_numpy(LOSS_WEIGHTS)
+    t0 = time.time()
+    for step in range(steps):
+        k_real = int(batch * real_fraction) if n_real else 0
+        k_tts = batch - k_real
+        parts_x, parts_y, parts_m = [], [], []
+        if k_tts:
+            i = torch.from_numpy(rng.integers(0, len(pool.starts), k_tts))
+            parts_x.append(mel[torch.from_numpy(pool.starts)[i][:, None] + offsets])
+            parts_y.append(torch.from_numpy(pool.targets)[i])
+            parts_m.append(torch.from_numpy(pool.masks)[i])
+        if k_real:
+            j = rng.integers(0, n_real, k_real)
+            parts_x.append(torch.from_numpy(pool.real_x[j]))
+            parts_y.append(torch.from_numpy(pool.real_y[j]))
+            parts_m.append(torch.from_numpy(pool.real_m[j]))
+        x, y, m = torch.cat(parts_x), torch.cat(parts_y), torch.cat(parts_m)
+        # random gain (level invariance is built in; this exercises the silence gate) and masking
+        x = x + torch.from_numpy(rng.uniform(-3.0, 1.0, (len(x), 1, 1)).astype(np.float32))
+        x = torch.clamp(x, min=features.SILENCE)
+        pred = net(x)
+        loss = ((pred - y) ** 2 * m * lw).sum() / (m * lw).sum().clamp(min=1e-6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % max(1, steps // 10) == 0:
+            log(f"    step {step + 1}/{steps}  loss {loss.item():.4f}  ({time.time() - t0:.0f} s)")
+    net.eval()
+    params = {
+        "proj.w": net.proj.weight.detach().numpy().T.copy(), "proj.b": net.proj.bias.detach().numpy().copy(),
+        "fc1.w": net.fc1.weight.detach().numpy().T.copy(), "fc1.b": net.fc1.bias.detach().numpy().copy(),
+        "fc2.w": net.fc2.weight.detach().numpy().T.copy(), "fc2.b": net.fc2.bias.detach().numpy().copy(),
+        "out.w": net.out.weight.detach().numpy().T.copy(), "out.b": net.out.bias.detach().numpy().copy(),
+    }
+    return AudioToMouth(params, config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=120, help="texts per voice and speaking rate")
+    parser.add_argument("--copies", type=int, default=2, help="augmented copies of each utterance")
+    parser.add_argument("--clip-copies", type=int, default=4, help="augmented copies of each real clip")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--real-fraction", type=float, default=0.3)
+    parser.add_argument("--no-tts", action="store_true", help="train on the real clips only")
+    parser.add_argument("--real", action="store_true",
+                        help="also train on the real clips' mouth tracks (off by default: it lowered the "
+                             "leave-one-clip-out score, see README.md)")
+    parser.add_argument("--loco", action="store_true", help="leave-one-clip-out scores first")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/audio2mouth-cache"),
+                        help="where the real clips' mouth tracks are cached (outside the repository)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    config = Config()
+    t0 = time.time()
+    print("real clips: mouth tracks (FaceMesh)", flush=True)
+    all_clips = data.real_clips(cache=args.cache)
+    clips = all_clips if args.real else []
+    utterances = []
+    if not args.no_tts:
+        print("synthetic speech (Festival) with phone timing", flush=True)
+        utterances = data.tts_utterances(args.texts, args.copies, seed=0, log=lambda s: print(s, flush=True))
+        print(f"  {len(utterances)} utterances, {sum(len(u.pcm) for u in utterances) / 16000 / 60:.1f} min "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    results = {}
+    if args.loco and clips:
+        print("leave-one-clip-out", flush=True)
+        scores = {}
+        for held in clips:
+            train_clips = augment_clips([c for c in clips if c.name != held.name], args.clip_copies, seed=1)
+            pool = Pool(config, utterances, train_clips)
+            model = train(pool, config, args.steps, real_fraction=args.real_fraction, log=lambda s: None)
+            scores.update(evaluate.model_scores(model, [held]))
+            print(f"  {held.name}: r0={scores[held.name][0]:+.3f} lag={scores[held.name][1]:+d}", flush=True)
+        results["leave_one_clip_out"] = evaluate.summarise("leave-one-clip-out", scores)
+    print("final model on everything", flush=True)
+    pool = Pool(config, utterances, augment_clips(clips, args.clip_copies, seed=1))
+    model = train(pool, config, args.steps, real_fraction=args.real_fraction if clips else 0.0,
+                  log=lambda s: print(s, flush=True))
+    model.save(args.out)
+    if not args.no_tts:
+        data.write_fixture(args.out.parent / "fixture_bilabial.npz")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)", flush=True)
+    if not clips:
+        results["final_clean"] = evaluate.summarise(
+            "final model on the real clips (none used in training: clean)", evaluate.model_scores(model, all_clips))
+    else:
+        results["final_contaminated"] = evaluate.summarise(
+            "final model on the clips it was trained on (contaminated)", evaluate.model_scores(model, clips))
+    results["args"] = {k: str(v) for k, v in vars(args).items()}
+    results["seconds"] = round(time.time() - t0)
+    (args.out.parent / "train_results.json").write_text(json.dumps(results, indent=1))
+    print(f"done in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
