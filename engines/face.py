@@ -47,26 +47,56 @@ class FaceLandmarker:
         """``tracking``: follow a face from frame to frame (video); else every image on its own."""
         import mediapipe as mp  # slow to import; only the backends that need faces pay for it
 
+        self.tracking = tracking
+        self.max_faces = max_faces
         self._mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=not tracking,
-            max_num_faces=max_faces,
+            max_num_faces=1 if not tracking else max_faces,
             refine_landmarks=True,
             min_detection_confidence=min_confidence,
             min_tracking_confidence=min_confidence,
         )
+        # FaceMesh finds faces with the short-range detector, which misses small faces in large
+        # pictures; for still images the full-range detector finds them and FaceMesh runs on each
+        self._detector = None if tracking else mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence
+        )
 
     def faces(self, rgb: np.ndarray) -> list[Face]:
         """The faces in an RGB uint8 image, largest first (empty when there is none)."""
+        rgb = np.ascontiguousarray(rgb)
+        if self._detector is None:
+            return self._mesh_faces(rgb, 0, 0)
         height, width = rgb.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(rgb))
+        detections = self._detector.process(rgb).detections or []
+        boxes = []
+        for detection in detections:
+            box = detection.location_data.relative_bounding_box
+            boxes.append((box.xmin * width, box.ymin * height, box.width * width, box.height * height))
+        boxes.sort(key=lambda b: b[2] * b[3], reverse=True)
+        found: list[Face] = []
+        for x, y, w, h in boxes[: self.max_faces]:
+            side = 2.2 * max(w, h)  # the whole head, with room for FaceMesh's own detector
+            x0, y0 = int(max(0, x + w / 2 - side / 2)), int(max(0, y + h / 2 - side / 2))
+            x1, y1 = int(min(width, x0 + side)), int(min(height, y0 + side))
+            found.extend(self._mesh_faces(np.ascontiguousarray(rgb[y0:y1, x0:x1]), x0, y0)[:1])
+        if not found:  # a face filling the picture can escape the full-range detector
+            found = self._mesh_faces(rgb, 0, 0)
+        return sorted(found, key=lambda f: f.area, reverse=True)
+
+    def _mesh_faces(self, rgb: np.ndarray, left: int, top: int) -> list[Face]:
+        height, width = rgb.shape[:2]
+        result = self._mesh.process(rgb)
         found = []
         for face in result.multi_face_landmarks or []:
-            points = np.array([(p.x * width, p.y * height, p.z * width) for p in face.landmark], np.float32)
+            points = np.array([(p.x * width + left, p.y * height + top, p.z * width) for p in face.landmark], np.float32)
             found.append(Face(points))
         return sorted(found, key=lambda f: f.area, reverse=True)
 
     def close(self) -> None:
         self._mesh.close()
+        if self._detector is not None:
+            self._detector.close()
 
     def __enter__(self) -> "FaceLandmarker":
         return self

@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 # name -> "module:Class". One line per backend.
 BACKENDS: dict[str, str] = {
+    "mesh": "engines.mesh.backend:MeshBackend",
     "passthrough": "engines.passthrough.backend:PassthroughBackend",
 }
 
-DEFAULT_BACKEND = "passthrough"
+DEFAULT_BACKEND = "mesh"
 FALLBACK_BACKEND = "passthrough"
 
 

@@ -25,9 +25,10 @@ async def test_listings_health_and_metrics(server_url: str) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server_url}/backends") as response:
             body = await response.json()
-            passthrough = next(b for b in body["backends"] if b["name"] == "passthrough")
-            assert body["default"] == "passthrough" and passthrough["available"] is True
-            assert passthrough["lookahead_ms"] == 0.0 and passthrough["reason"] == ""
+            listed = {b["name"]: b for b in body["backends"]}
+            assert body["default"] == "mesh" and listed["mesh"]["available"] is True
+            assert listed["mesh"]["lookahead_ms"] == 100.0 and listed["mesh"]["reason"] == ""
+            assert listed["passthrough"]["available"] is True and listed["passthrough"]["lookahead_ms"] == 0.0
         async with http.get(f"{server_url}/avatars") as response:
             avatars = {a["name"]: a for a in (await response.json())["avatars"]}
             assert avatars["camera"]["kind"] == "camera" and avatars["astronaut"]["kind"] == "image"
@@ -65,7 +66,7 @@ async def test_malformed_offers_get_a_clear_400(server_url: str, body: bytes, st
 @pytest.mark.parametrize(
     ("options", "message", "valid"),
     [
-        ({"backend": "wav2lip"}, "unknown backend 'wav2lip'", ["passthrough", "slow", "batching", "broken"]),
+        ({"backend": "wav2lip"}, "unknown backend 'wav2lip'", ["mesh", "passthrough", "slow", "batching", "broken"]),
         ({"avatar": "../../etc/passwd"}, "unknown avatar", ["camera", "astronaut"]),
         ({"fps": 0}, "fps must be from 1 to 60", [1, 60]),
         ({"fps": "fast"}, "fps must be a whole number", [1, 60]),

@@ -21,6 +21,7 @@ from engines.mesh.render import PreparedFace, prepare_face, render_mouth
 from engines.mouth import MouthParams
 
 MIN_EYE_DISTANCE_PX = 24  # smaller faces cannot be warped convincingly
+SWAY_PER_EYE_DISTANCE = 0.03  # head sway amplitude, as a fraction of the eye distance
 SMOOTHING = 0.65  # weight of the new prediction in the per-stream exponential smoothing
 
 _MODEL = AudioToMouth.load()
@@ -56,7 +57,7 @@ class MeshBackend(Backend):
     def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
         if image is None:
             return Avatar(name=name, image=None)
-        with FaceLandmarker() as landmarker:
+        with FaceLandmarker(max_faces=4) as landmarker:
             faces = landmarker.faces(image)
         if not faces:
             raise AvatarError(
@@ -71,7 +72,7 @@ class MeshBackend(Backend):
                 f"{MIN_EYE_DISTANCE_PX} needed): use a closer photo or a larger output size"
             )
         notice = f"{len(faces)} faces found in {name}: animating the largest" if len(faces) > 1 else ""
-        return Avatar(name=name, image=image, data={"face": prepare_face(image, landmarks)}, notice=notice)
+        return Avatar(name=name, image=image, data={"face": prepare_face(image, landmarks), "landmarks": landmarks}, notice=notice)
 
     def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
         predicted = self._model.predict_batch(np.stack([job.audio.mel for job in jobs]))
@@ -87,8 +88,10 @@ class MeshBackend(Backend):
                     continue
                 frames.append(render_mouth(face, params))
             else:
-                blink, sway = stream.idle.at(job.time_s) if self.idle_motion else (0.0, (0.0, 0.0, 0.0))
-                frames.append(render_mouth(job.avatar.data["face"], params, blink, sway))
+                face = job.avatar.data["face"]
+                blink, (dx, dy, roll) = stream.idle.at(job.time_s) if self.idle_motion else (0.0, (0.0, 0.0, 0.0))
+                scale = SWAY_PER_EYE_DISTANCE * face.scale / stream.idle.sway_px  # sway in proportion to the face
+                frames.append(render_mouth(face, params, blink, (dx * scale, dy * scale, roll)))
         return frames
 
     def _stream(self, job: FrameJob) -> _Stream:
