@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.passthrough_loopback
+	$(BIN)/python -m benchmarks.loopback
 
 clean:
 	rm -rf $(VENV) tests/artifacts

@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.passthrough_loopback import machine  # noqa: E402
+from benchmarks.loopback import machine  # noqa: E402
 from engines.base import FrameJob  # noqa: E402
 from engines.registry import BackendRegistry  # noqa: E402
 from stream_server.audio_in import AudioIn  # noqa: E402

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from benchmarks.lipsync_measures import agreement, identity_ssim, mouth_track, smooth3
-from benchmarks.passthrough_loopback import machine
+from benchmarks.loopback import machine
 from engines.face import FaceLandmarker
 from stream_server.media_io import video_fps, video_frames
 from stream_server.render import render

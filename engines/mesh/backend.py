@@ -44,7 +44,7 @@ class _Stream:
 
 class MeshBackend(Backend):
     name = "mesh"
-    description = "Lip-sync on any CPU: face mesh warp with a synthesised mouth interior, driven by a small audio-to-mouth network."
+    description = "Lip-sync on any CPU: face mesh warp with a synthesised mouth interior, driven by a small audio-to-mouth network"
     lookahead_s = _MODEL.lookahead_s
     context_s = _MODEL.context_s
     batch_size = 4

@@ -5,7 +5,7 @@ server running in its own process, as users run it; the figures come from what t
 receives (fps, A/V offset by the sender reports) and from the stats the server pushes to the
 page (server latency over its last 10 s, frame counts).
 
-    python -m benchmarks.passthrough_loopback [--backend passthrough] [--seconds 30]
+    python -m benchmarks.loopback [--backend passthrough] [--seconds 30]
 """
 
 from __future__ import annotations
