@@ -17,12 +17,11 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.loopback import machine  # noqa: E402
+from benchmarks.results_io import ROOT, save  # noqa: E402
 from engines.base import FrameJob  # noqa: E402
 from engines.registry import BackendRegistry  # noqa: E402
 from stream_server.audio_in import AudioIn  # noqa: E402
@@ -31,7 +30,6 @@ from stream_server.frames import fit_cover  # noqa: E402
 from stream_server.media_io import load_audio, video_frames  # noqa: E402
 from stream_server.render import audio_frames  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT.parent / "shared" / "testdata"
 CLIP = TESTDATA / "video" / "vretalking_face_2.mp4"
 SIZE = 512
@@ -78,12 +76,10 @@ def main() -> None:
         "backend": args.backend,
         "size": f"{SIZE}x{SIZE}",
         "cores": 1,
-        "machine": machine(),
         **timings(args.backend, args.frames),
     }
-    out = ROOT / "benchmarks" / "results" / f"speed_{args.backend}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    out = save(f"speed_{args.backend}", result)
+    print(json.dumps(result, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 
 

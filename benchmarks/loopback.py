@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -26,33 +24,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from benchmarks.results_io import ROOT, save
 from benchmarks.peer import av_offsets, loop_clip, output_fps, stream_clip
 from stream_server.media_io import video_fps
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CLIP = ROOT.parent / "shared" / "testdata" / "video" / "pcavs_vox2_00086.mp4"
-
-
-def machine() -> dict[str, Any]:
-    import aiortc
-    import av
-
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "aiortc": aiortc.__version__,
-        "av": av.__version__,
-        "git_commit": commit,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 def pct(values: list[float] | np.ndarray, q: float) -> float:
@@ -140,10 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     if not CLIP.exists():
         raise SystemExit(f"missing test clip {CLIP} (../shared/testdata beside the checkout)")
-    result = {"benchmark": "loopback_session", "machine": machine(), **asyncio.run(measure(args.backend, args.seconds, args.avatar))}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"loopback_{args.backend}_{args.avatar}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"benchmark": "loopback_session", **asyncio.run(measure(args.backend, args.seconds, args.avatar))}
+    out = save(f"loopback_{args.backend}_{args.avatar}", result)
     print(json.dumps(result, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 

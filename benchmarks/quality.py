@@ -23,14 +23,12 @@ import cv2
 import numpy as np
 
 from benchmarks.lipsync_measures import agreement, identity_ssim, mouth_track, smooth3
-from benchmarks.loopback import machine
+from benchmarks.results_io import RESULTS, ROOT, save
 from engines.face import FaceLandmarker
 from stream_server.media_io import video_fps, video_frames
 from stream_server.render import render
 
-ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "testdata" / "video"
-RESULTS = ROOT / "benchmarks" / "results"
 # An output whose opening varies less than this has a still mouth: its "correlation" would only
 # be coding noise, so it scores 0.
 STILL_STD = 0.002
@@ -124,9 +122,7 @@ def main() -> None:
         "mean_best_lag": round(float(np.mean([r["best_lag"] for r in rows])), 2),
         "mean_identity_ssim": round(float(np.nanmean([r["identity_ssim"] for r in rows])), 4),
     }
-    result = {"benchmark": "quality", "backend": args.backend, "machine": machine(), "summary": summary, "clips": rows}
-    out = RESULTS / f"quality_{args.backend}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save(f"quality_{args.backend}", {"benchmark": "quality", "backend": args.backend, "summary": summary, "clips": rows})
     print(json.dumps(summary, indent=2))
     print(f"wrote {out.relative_to(ROOT)} and contact sheets in {sheets.relative_to(ROOT)}/")
 
