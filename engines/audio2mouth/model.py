@@ -12,6 +12,13 @@ the network learns to use). The network sees the last ``detail_s + lookahead_s``
 Architecture: a per-frame projection shared over time (80 -> P, ReLU), the projections of the
 detail frames flattened, two dense ReLU layers, and three outputs:
 open (sigmoid), width (tanh), closure (sigmoid), as ``engines.mouth.MouthParams`` defines them.
+
+Optionally (``ridge_frames > 0``; ``blend.py`` fits it) the ``open`` output is blended with a
+ridge regression trained on real talking clips' mouth tracks: coarse log-mel patches of the last
+``ridge_frames`` frames (relative to their own maximum, pooled ``ridge_tpool`` frames x
+``ridge_pool`` bins) -> FaceMesh lip opening, mapped onto the network's scale and gated by the
+network's absolute-level input (so silence stays closed):
+``open = blend_w * net_open + (1 - blend_w) * level * clip(net_mean + ridge_scale * (ridge - ridge_mean), 0, 1)``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,14 @@ class Config:
     proj: int = 24
     hidden: int = 128
     hidden2: int = 64
+    # ridge blend for ``open`` (0 frames: network only)
+    ridge_frames: int = 0
+    ridge_pool: int = 8
+    ridge_tpool: int = 2
+    blend_w: float = 1.0  # weight of the network's open
+    ridge_scale: float = 1.0
+    ridge_mean: float = 0.0
+    net_mean: float = 0.0
 
     @property
     def frames(self) -> int:
@@ -57,6 +72,15 @@ def normalise(mel: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
     x = (np.maximum(mel[:, -config.detail_frames:] - top, -config.floor) + config.floor) / config.floor
     level = np.clip((top[:, :, 0] - config.level_low) / (config.level_high - config.level_low), 0.0, 1.0)
     return x.astype(np.float32), level.astype(np.float32)
+
+
+def ridge_features(mel: np.ndarray, frames: int, pool: int, tpool: int, floor: float = 12.0) -> np.ndarray:
+    """(B, T, 80) log-mel -> (B, frames / tpool * 80 / pool): the last ``frames`` frames relative to
+    their own maximum, clipped ``floor`` below it, averaged over tpool x pool blocks."""
+    x = np.asarray(mel, np.float32)[:, -frames:]
+    x = np.maximum(x - x.max(axis=(1, 2), keepdims=True), -floor)
+    x = x.reshape(len(x), frames // tpool, tpool, features.N_MELS // pool, pool).mean(axis=(2, 4))
+    return x.reshape(len(x), -1)
 
 
 class AudioToMouth:
@@ -103,6 +127,11 @@ class AudioToMouth:
         out[:, 0] = 1.0 / (1.0 + np.exp(-z[:, 0]))
         out[:, 1] = np.tanh(z[:, 1])
         out[:, 2] = 1.0 / (1.0 + np.exp(-z[:, 2]))
+        c = self.config
+        if c.ridge_frames:
+            r = ridge_features(mels, c.ridge_frames, c.ridge_pool, c.ridge_tpool) @ p["ridge.w"] + p["ridge.b"]
+            r = np.clip(c.net_mean + c.ridge_scale * (r - c.ridge_mean), 0.0, 1.0)
+            out[:, 0] = c.blend_w * out[:, 0] + (1.0 - c.blend_w) * level[:, 0] * r
         return out.astype(np.float32)
 
 

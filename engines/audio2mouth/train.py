@@ -1,6 +1,10 @@
 """Train the audio-to-mouth model from scratch and write ``weights.npz`` beside this file.
 
-    python -m engines.audio2mouth.train                 # data + weights (a few minutes on 2 cores)
+    python -m engines.audio2mouth.train                 # data + weights (a few minutes on 2 cores):
+                                                        # the network on synthetic speech, then the ridge
+                                                        # blend on the real clips (blend.py), with its
+                                                        # nested leave-one-clip-out score
+    python -m engines.audio2mouth.train --no-blend      # the network alone (the previous shipped model)
     python -m engines.audio2mouth.train --real --loco   # experiment: add the real clips' mouth tracks,
                                                         # with leave-one-clip-out scores
 
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio2mouth import data, evaluate
+from engines.audio2mouth import blend, data, evaluate
 from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, mel_windows
 from stream_server import features
 
@@ -152,6 +156,8 @@ def main() -> None:
     parser.add_argument("--real", action="store_true",
                         help="also train on the real clips' mouth tracks (off by default: it lowered the "
                              "leave-one-clip-out score, see README.md)")
+    parser.add_argument("--no-blend", action="store_true",
+                        help="ship the synthetic-speech network alone, without the ridge on the real clips")
     parser.add_argument("--loco", action="store_true", help="leave-one-clip-out scores first")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/audio2mouth-cache"),
                         help="where the real clips' mouth tracks are cached (outside the repository)")
@@ -187,14 +193,23 @@ def main() -> None:
     pool = Pool(config, utterances, augment_clips(clips, args.clip_copies, seed=1))
     model = train(pool, config, args.steps, real_fraction=args.real_fraction if clips else 0.0,
                   log=lambda s: print(s, flush=True))
+    if not clips:
+        results["final_clean"] = evaluate.summarise(
+            "network on the real clips (none used in training: clean)", evaluate.model_scores(model, all_clips))
+    if not clips and not args.no_blend:
+        print("ridge blend on the real clips: nested leave-one-clip-out (every choice made without the held-out clip)",
+              flush=True)
+        scores, choices = blend.nested_loco(model, all_clips)
+        results["blend_nested_loco"] = evaluate.summarise("blend, nested leave-one-clip-out (honest)", scores)
+        results["blend_nested_loco"]["choices"] = choices
+        model, choice = blend.fit_blend(model, all_clips)
+        results["blend_shipped"] = choice
+        print(f"shipped blend (fitted on all {len(all_clips)} clips): {choice}", flush=True)
     model.save(args.out)
     if not args.no_tts:
         data.write_fixture(args.out.parent / "fixture_bilabial.npz")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)", flush=True)
-    if not clips:
-        results["final_clean"] = evaluate.summarise(
-            "final model on the real clips (none used in training: clean)", evaluate.model_scores(model, all_clips))
-    else:
+    if clips:
         results["final_contaminated"] = evaluate.summarise(
             "final model on the clips it was trained on (contaminated)", evaluate.model_scores(model, clips))
     results["args"] = {k: str(v) for k, v in vars(args).items()}
