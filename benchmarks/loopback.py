@@ -51,18 +51,10 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"the server did not start: {server.stderr.read().decode() if server.stderr else ''}")
 
 
-async def watch_stats(url: str, snapshots: list[dict[str, Any]]) -> None:
-    """Record the stats the server pushes to the page, for the one session it will have."""
+async def watch_stats(url: str, session_id: asyncio.Future[str], snapshots: list[dict[str, Any]]) -> None:
+    """Record the stats the server pushes to the page for the peer's session."""
     async with aiohttp.ClientSession() as http:
-        while True:
-            async with http.get(f"{url}/healthz") as response:
-                if (await response.json())["sessions"]:
-                    break
-            await asyncio.sleep(0.1)
-        # the session id comes back in the answer; the benchmark's peer is the only client
-        while not snapshots or "session_id" not in snapshots[0]:
-            await asyncio.sleep(0.05)
-        async with http.ws_connect(f"{url}/ws/stats?session={snapshots[0]['session_id']}") as socket_:
+        async with http.ws_connect(f"{url}/ws/stats?session={await session_id}") as socket_:
             async for message in socket_:
                 data = message.json()
                 if data.get("type") == "stats":
@@ -81,8 +73,9 @@ async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
         options.update(width=224, height=224)
     snapshots: list[dict[str, Any]] = []
     try:
-        watcher = asyncio.create_task(watch_stats(url, snapshots))
-        received = await stream_clip(url, clip, seconds=seconds, options=options, on_answer=lambda a: snapshots.insert(0, a))
+        session_id: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        watcher = asyncio.create_task(watch_stats(url, session_id, snapshots))
+        received = await stream_clip(url, clip, seconds=seconds, options=options, on_answer=lambda a: session_id.set_result(a["session_id"]))
         watcher.cancel()
     finally:
         server.terminate()

@@ -46,7 +46,6 @@ class AudioIn:
         self._next16 = 0  # next 16 kHz sample index the resampler will produce
         self._next_mel = 0
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=int(capacity_s * 100))
-        self.frames_received = 0
         self.samples_lost = 0  # 48 kHz samples filled with silence
 
     # -- writing ---------------------------------------------------------------------------
@@ -69,7 +68,6 @@ class AudioIn:
         self._next48 = index + len(mono)
         self._arrivals.append((self._next48, arrival))
         self._feed_16k(mono)
-        self.frames_received += 1
 
     def _place(self, frame: av.AudioFrame) -> int | None:
         """48 kHz sample index of the frame's first sample, from its pts (None without pts)."""

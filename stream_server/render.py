@@ -20,13 +20,13 @@ from typing import Iterator, Sequence
 import av
 import numpy as np
 
-from engines.base import Avatar, Backend, FrameJob
+from engines.base import FrameJob
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.avatars import BUNDLED, read_image
-from stream_server.frames import blend, fit_cover
+from stream_server.frames import emission_image, fit_cover
 from stream_server.media_io import load_audio
-from stream_server.scheduler import MIN_BUDGET_S, Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.scheduler import MIN_BUDGET_S, Emission, FrameScheduler, SchedulerConfig, budget_for
 from stream_server.simulate import simulate
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,16 @@ def render(
     def on_chunk(n: int) -> None:
         audio_in.push(chunks[n], arrival=(n + 1) * CHUNK / PLAYBACK_RATE)
 
+    def base_frame(time_s: float) -> np.ndarray:
+        return portrait if portrait is not None else video_base.at(time_s)  # type: ignore[union-attr]
+
+    def job(slot: int) -> FrameJob:
+        time_s = scheduler.slot_time(slot)
+        window = audio_in.window(time_s, backend.context_s, backend.lookahead_s)
+        return FrameJob(stream_id, slot, time_s, window, base_frame(time_s), prepared)
+
     def generate(slots: Sequence[int]) -> list[np.ndarray]:
-        jobs = [_job(stream_id, slot, scheduler, audio_in, backend, prepared, portrait, video_base) for slot in slots]
+        jobs = [job(slot) for slot in slots]
         begun = time.perf_counter()
         frames = backend.generate(jobs)
         for slot in slots:
@@ -177,13 +185,7 @@ def render(
     last_report = [time.perf_counter()]
 
     def on_emit(now: float, emission: Emission[np.ndarray]) -> None:
-        if emission.kind is FrameKind.INTERPOLATED:
-            frame = blend(emission.frames[0], emission.frames[1], emission.weight)
-        elif emission.frames:
-            frame = emission.frames[0]
-        else:
-            frame = portrait if portrait is not None else video_base.at(scheduler.slot_time(emission.slot))  # type: ignore[union-attr]
-        writer.add_video(frame)
+        writer.add_video(emission_image(emission, lambda: base_frame(scheduler.slot_time(emission.slot))))
         if progress and time.perf_counter() - last_report[0] > 1.0:
             last_report[0] = time.perf_counter()
             print(f"  rendered {emission.slot + 1}/{total} frames", file=sys.stderr, flush=True)
@@ -210,22 +212,6 @@ def _video_size(path: Path) -> tuple[int, int]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return stream.codec_context.height, stream.codec_context.width
-
-
-def _job(
-    stream_id: str,
-    slot: int,
-    scheduler: FrameScheduler[np.ndarray],
-    audio_in: AudioIn,
-    backend: Backend,
-    avatar: Avatar,
-    portrait: np.ndarray | None,
-    video_base: VideoBase | None,
-) -> FrameJob:
-    time_s = scheduler.slot_time(slot)
-    window = audio_in.window(time_s, backend.context_s, backend.lookahead_s)
-    base = portrait if portrait is not None else video_base.at(time_s)  # type: ignore[union-attr]
-    return FrameJob(stream_id, slot, time_s, window, base, avatar)
 
 
 class Mp4Writer:

@@ -33,9 +33,9 @@ from engines.base import Avatar, Backend, FrameJob
 from stream_server import metrics
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.clock import MediaClock
-from stream_server.frames import blend, fit_cover, video_frame_to_rgb
+from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
-from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.scheduler import Emission, FrameScheduler, SchedulerConfig, budget_for
 from stream_server.stats import SessionStats
 from stream_server.worker import BackendWorker
 
@@ -57,12 +57,10 @@ class CameraIn:
 
     def __init__(self) -> None:
         self.frames: collections.deque[tuple[float, av.VideoFrame]] = collections.deque(maxlen=32)
-        self.received = 0
         self.first = asyncio.Event()
 
     def push(self, frame: av.VideoFrame, arrival: float) -> None:
         self.frames.append((arrival, frame))
-        self.received += 1
         self.first.set()
 
     def at(self, wall: float) -> av.VideoFrame | None:
@@ -293,12 +291,7 @@ class Session:
 
     def _compose(self, emission: Emission[np.ndarray], camera: av.VideoFrame | None) -> av.VideoFrame:
         """The image for one slot, as a YUV frame for the encoder (executor thread)."""
-        if emission.kind is FrameKind.INTERPOLATED:
-            rgb = blend(emission.frames[0], emission.frames[1], emission.weight)
-        elif emission.frames:
-            rgb = emission.frames[0]
-        else:
-            rgb = self._base_frame(camera)
+        rgb = emission_image(emission, lambda: self._base_frame(camera))
         yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
         return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
 

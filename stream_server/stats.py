@@ -31,13 +31,11 @@ class SessionStats:
         self.sent_at: collections.deque[float] = collections.deque(maxlen=256)  # hand-off wall times
         self.latency_s: collections.deque[float] = collections.deque(maxlen=WINDOW_FRAMES)
         self.backend_s: collections.deque[float] = collections.deque(maxlen=WINDOW_FRAMES)
-        self.kinds: collections.deque[FrameKind] = collections.deque(maxlen=WINDOW_FRAMES)
         self.latencies_recorded = 0  # all time, so readers of the window can tell what is new
         self.sent_before_audio = 0  # frames sent before the audio they depend on had arrived
 
     def on_frame(self, kind: FrameKind, handoff: float, latency_s: float | None) -> None:
         self.sent_at.append(handoff)
-        self.kinds.append(kind)
         if latency_s is None:
             self.sent_before_audio += 1
         else:
