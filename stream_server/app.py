@@ -19,6 +19,7 @@ from stream_server.config import FPS_CHOICES, Settings
 from stream_server.frames import fit_cover
 from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.session import OfferError, Session
+from stream_server.stages import TraceWriter
 from stream_server.worker import BackendWorker
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Server:
         self._workers: dict[str, BackendWorker] = {}
         self._prepared: dict[tuple[str, str, int, int], Avatar] = {}
         self._load_lock = asyncio.Lock()
+        self.trace = TraceWriter(settings.trace_file) if settings.trace_file else None
 
     async def worker(self, backend: str) -> BackendWorker:
         """The backend's shared worker, loading the backend on first use (off the loop)."""
@@ -77,6 +79,7 @@ class Server:
             typical_fps=self.registry.info(options.backend).typical_fps,
             min_budget_s=self.settings.min_budget_ms / 1000.0,
             ice_servers=self.settings.ice_servers,
+            trace=self.trace,
         )
         try:
             answer = await session.accept(sdp, kind)
@@ -96,6 +99,8 @@ class Server:
         await asyncio.gather(*(s.close("server shutting down") for s in list(self.sessions.values())))
         for worker in self._workers.values():
             worker.stop()
+        if self.trace is not None:
+            self.trace.close()
 
 
 # -- middleware ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--avatar-file", action="append", type=Path, default=[], metavar="IMAGE", help="add an image file as an avatar, named after the file (repeatable)")
     serve.add_argument("--fps", type=int, default=None, help="default output frame rate (default 25)")
     serve.add_argument("--ice-server", action="append", default=[], metavar="URL", help="STUN/TURN server URL for the server and the page (repeatable)")
+    serve.add_argument("--trace", type=Path, default=None, metavar="FILE", help="append one JSON line per output frame (latency and per-stage timings) to FILE")
 
     render = commands.add_parser("render", help="lip-sync an image or video to an audio file", description="Run the streaming pipeline on files and write an MP4 (H.264 + AAC).")
     render.add_argument("--avatar", required=True, help="an image, a video (a recorded camera), or a bundled avatar name (astronaut)")
@@ -72,6 +73,7 @@ def serve(args: argparse.Namespace) -> int:
             "backend": args.backend,
             "avatar": args.avatar,
             "fps": args.fps,
+            "trace_file": args.trace,
         }.items()
         if value is not None
     }

@@ -24,3 +24,4 @@ class Settings(BaseSettings):
     min_budget_ms: float = Field(40.0, ge=0)  # the least time allowed for a frame after its audio
     max_body_bytes: int = Field(256 * 1024, ge=1024)  # an offer is a few kB of SDP
     ice_servers: list[dict] = []  # RTCIceServer dicts, passed to the server and the page
+    trace_file: Path | None = None  # one JSON line per output frame with its stage timings

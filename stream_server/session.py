@@ -35,9 +35,10 @@ from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.clock import MediaClock
 from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
-from stream_server.scheduler import Emission, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.stages import SlotTimes, TraceWriter, stage_durations
 from stream_server.stats import SessionStats
-from stream_server.worker import BackendWorker
+from stream_server.worker import BackendWorker, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Session:
         typical_fps: float | None,
         min_budget_s: float,
         ice_servers: list[dict[str, Any]] | None = None,
+        trace: TraceWriter | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.options = options
@@ -122,6 +124,8 @@ class Session:
             self._base = fit_cover(avatar.image, *self.size)
         self._blank = self._blank_frame() if self.size else np.zeros((0, 0, 3), np.uint8)
         self._camera_cache: tuple[int, np.ndarray] | None = None
+        self._slot_times: dict[int, SlotTimes] = {}  # slots handed to the backend, not yet sent
+        self._trace = trace
         self._counted = self.scheduler.counts.as_dict()
         if avatar.notice:
             self.add_event(avatar.notice)
@@ -234,10 +238,11 @@ class Session:
         def build() -> FrameJob:  # runs in the worker thread
             return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), self.avatar)
 
+        self._slot_times[slot] = SlotTimes(dispatched=MediaClock.wall_now())
         future = self.worker.submit(build)
         future.add_done_callback(lambda done: self._on_result(slot, done))
 
-    def _on_result(self, slot: int, future: asyncio.Future[tuple[np.ndarray, float]]) -> None:
+    def _on_result(self, slot: int, future: asyncio.Future[JobResult]) -> None:
         if future.cancelled() or self.closed.is_set():
             return
         now = self.clock.media_now()
@@ -246,10 +251,13 @@ class Session:
             self.scheduler.failed(slot, now)
             self.add_event(f"backend {self.backend.name} failed on a frame: {error}")
         else:
-            frame, backend_s = future.result()
-            self.scheduler.completed(slot, frame, now, backend_s)
-            self.stats.backend_s.append(backend_s)
-            metrics.BACKEND_TIME.labels(self.backend.name).observe(backend_s)
+            result = future.result()
+            self.scheduler.completed(slot, result.frame, now, result.backend_s)
+            self.stats.backend_s.append(result.backend_s)
+            metrics.BACKEND_TIME.labels(self.backend.name).observe(result.backend_s)
+            times = self._slot_times.get(slot)
+            if times is not None:
+                times.picked, times.built, times.finished = result.picked, result.built, result.finished
         self._wake.set()
 
     def _base_frame(self, camera: av.VideoFrame | None) -> np.ndarray:
@@ -279,6 +287,7 @@ class Session:
             # the encoder fell behind: skip to the newest slot that is due (counted as dropped)
             slot = math.floor((self.clock.media_now() - scheduler.config.delay_s) * scheduler.config.fps)
         emission = scheduler.emit(slot)
+        emitted = MediaClock.wall_now()
         self._video_slot = slot + 1
         self._wake.set()
         camera = self.camera.at(self.clock.capture_wall(scheduler.slot_time(slot))) if self.avatar.is_camera else None
@@ -286,7 +295,7 @@ class Session:
         frame = await loop.run_in_executor(None, self._compose, emission, camera)
         frame.pts = round(slot * 90000 / scheduler.config.fps)
         frame.time_base = VIDEO_TIME_BASE
-        self._record(emission)
+        self._record(emission, emitted)
         return frame
 
     def _compose(self, emission: Emission[np.ndarray], camera: av.VideoFrame | None) -> av.VideoFrame:
@@ -295,12 +304,25 @@ class Session:
         yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
         return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
 
-    def _record(self, emission: Emission[np.ndarray]) -> None:
+    def _record(self, emission: Emission[np.ndarray], emitted: float) -> None:
         handoff = MediaClock.wall_now()
         newest = self.scheduler.slot_time(emission.slot) + self.backend.lookahead_s
-        arrival = self.audio_in.arrival_of(newest) if self.audio_in.started else None
-        latency = None if arrival is None else handoff - arrival + self.backend.lookahead_s
-        self.stats.on_frame(emission.kind, handoff, latency)
+        audio = self.audio_in.arrival_and_features_of(newest) if self.audio_in.started else None
+        latency = None if audio is None else handoff - audio[0] + self.backend.lookahead_s
+        times = self._slot_times.pop(emission.slot, None)
+        for old in [s for s in self._slot_times if s < emission.slot]:
+            del self._slot_times[old]  # dropped slots: nothing will be sent for them
+        stages = None
+        if emission.kind is FrameKind.GENERATED and audio is not None and times is not None:
+            stages = stage_durations(audio[0], audio[1], times, emitted, handoff)
+        self.stats.on_frame(emission.kind, handoff, latency, stages)
+        if self._trace is not None:
+            self._trace.write({
+                "session": self.id, "slot": emission.slot, "kind": emission.kind.value, "handoff": round(handoff, 6),
+                "audio_arrival": None if audio is None else round(audio[0], 6),
+                "latency_ms": None if latency is None else round(latency * 1000, 2),
+                "stages_ms": None if stages is None else {k: round(v * 1000, 2) for k, v in stages.items()},
+            })
         counts = self.scheduler.counts.as_dict()
         for kind in ("generated", "interpolated", "repeated", "dropped"):
             if counts[kind] > self._counted[kind]:

@@ -1,7 +1,8 @@
 """One worker thread per loaded backend, shared by every session: batches jobs, off the loop.
 
 Sessions submit a callable that builds the job (so image conversion also happens in the worker
-thread) and get an asyncio future of (frame, seconds of backend time per job). Jobs waiting when
+thread) and get an asyncio future of a ``JobResult``: the frame, the backend time per job, and
+when the job was picked up, built and finished (for the per-stage timings). Jobs waiting when
 the worker becomes free are taken together, up to the backend's preferred batch size, so frames
 of different sessions due in the same tick share one ``generate`` call.
 """
@@ -22,17 +23,23 @@ from engines.base import Backend, FrameJob, check_frames
 
 log = logging.getLogger(__name__)
 
-Result = tuple[np.ndarray, float]
+@dataclass(frozen=True)
+class JobResult:
+    frame: np.ndarray
+    backend_s: float  # the batch's generate time divided by its jobs (the backend's speed)
+    picked: float  # wall times (monotonic): the worker took the batch off the queue,
+    built: float  # built its jobs and called generate,
+    finished: float  # and generate returned
 
 
 @dataclass
 class _Pending:
     build: Callable[[], FrameJob]
-    future: asyncio.Future[Result]
+    future: asyncio.Future[JobResult]
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[JobResult], result: JobResult | None, error: BaseException | None) -> None:
     if future.done():
         return  # the session went away and cancelled it
     if error is not None:
@@ -48,9 +55,9 @@ class BackendWorker:
         self._thread = threading.Thread(target=self._run, name=f"backend-{backend.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, build: Callable[[], FrameJob]) -> asyncio.Future[Result]:
+    def submit(self, build: Callable[[], FrameJob]) -> asyncio.Future[JobResult]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
+        future: asyncio.Future[JobResult] = loop.create_future()
         self._queue.put(_Pending(build, future, loop))
         return future
 
@@ -76,6 +83,7 @@ class BackendWorker:
             self._process(batch)
 
     def _process(self, batch: list[_Pending]) -> None:
+        picked = time.monotonic()
         jobs: list[FrameJob] = []
         ready: list[_Pending] = []
         for pending in batch:
@@ -89,7 +97,7 @@ class BackendWorker:
                 pending.loop.call_soon_threadsafe(_settle, pending.future, None, exc)
         if not jobs:
             return
-        started = time.perf_counter()
+        built = time.monotonic()
         try:
             frames = self.backend.generate(jobs)
             check_frames(jobs, frames)
@@ -98,6 +106,8 @@ class BackendWorker:
             for pending in ready:
                 pending.loop.call_soon_threadsafe(_settle, pending.future, None, exc)
             return
-        per_job = (time.perf_counter() - started) / len(jobs)
+        finished = time.monotonic()
+        per_job = (finished - built) / len(jobs)
         for pending, frame in zip(ready, frames):
-            pending.loop.call_soon_threadsafe(_settle, pending.future, (frame, per_job), None)
+            result = JobResult(frame, per_job, picked, built, finished)
+            pending.loop.call_soon_threadsafe(_settle, pending.future, result, None)
