@@ -36,10 +36,14 @@ def stamp(rgb: np.ndarray, index: int) -> np.ndarray:
 
 
 def read_stamp(rgb: np.ndarray) -> int:
+    """The frame index stamped on ``rgb``, or -1 if a block is neither black nor white (a blend
+    of two stamped frames, as an interpolated frame is)."""
     index = 0
     for bit in range(CODE_BITS):
-        block = rgb[4 : BLOCK - 4, bit * BLOCK + 4 : (bit + 1) * BLOCK - 4]
-        if block.mean() > 128:
+        level = rgb[4 : BLOCK - 4, bit * BLOCK + 4 : (bit + 1) * BLOCK - 4].mean()
+        if 64 < level < 192:
+            return -1
+        if level > 128:
             index |= 1 << bit
     return index
 
@@ -186,39 +190,11 @@ async def stream_clip(
     pc.addTrack(video)
     tasks: list[asyncio.Task[None]] = []
 
-    async def record(track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                arrival = time.monotonic()
-                if track.kind == "video":
-                    received.video.append((arrival, frame.pts, frame.to_ndarray(format="rgb24")))
-                else:
-                    samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
-                    received.audio.append((arrival, frame.pts, samples.astype(np.float32) / 32768.0))
-        except MediaStreamError:
-            pass
-
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
-        tasks.append(asyncio.create_task(record(track)))
+        tasks.append(asyncio.create_task(_record(track, received)))
 
-    await pc.setLocalDescription(await pc.createOffer())
-    for transceiver in pc.getTransceivers():
-        rate = 90000 if transceiver.kind == "video" else 48000
-        received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, rate)
-    async with aiohttp.ClientSession() as http:
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "options": options}
-        async with http.post(f"{base_url}/offer", json=body) as response:
-            received.answer = await response.json()
-            assert response.status == 200, received.answer
-        if on_answer:
-            on_answer(received.answer)
-        await pc.setRemoteDescription(RTCSessionDescription(received.answer["sdp"], received.answer["type"]))
-        await asyncio.sleep(seconds)
-        async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
-            assert response.status == 200
-    await pc.close()
+    await _run_session(pc, base_url, seconds, options, received, on_answer)
     for track in (player.audio, player.video):
         track.stop()  # ends the player's decoding thread
     for task in tasks:
@@ -257,3 +233,103 @@ def av_offsets(received: Received, clip: Path, clip_fps: float) -> np.ndarray:
             audio_s = audio_time(audio_pts) + (sample - starts[chunk]) / 48000
             offsets.append(video_time(pts) - audio_s)
     return np.asarray(offsets)
+
+
+class ArrayMicrophone(MediaStreamTrack):
+    """A microphone playing ``pcm`` (48 kHz mono float) in 20 ms frames in real time, then
+    silence. Records when each frame was captured, so the capture instant of any sample is known."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        super().__init__()
+        self._pcm = np.clip(pcm * 32767, -32768, 32767).astype(np.int16)
+        self._sent = 0
+        self._start: float | None = None
+        self.captured: list[float] = []  # wall time (monotonic) at which frame n was complete
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        import av
+        from fractions import Fraction
+
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + (self._sent + 1) * 0.02 - time.monotonic()  # a frame is complete at its end
+        if wait > 0:
+            await asyncio.sleep(wait)
+        chunk = self._pcm[self._sent * 960 : (self._sent + 1) * 960]
+        chunk = np.pad(chunk, (0, 960 - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, self._sent * 960, Fraction(1, 48000)
+        self.captured.append(time.monotonic())
+        self._sent += 1
+        return frame
+
+    def capture_time(self, sample: int) -> float | None:
+        """When sample ``sample`` entered the microphone: its frame's completion less the
+        samples after it in that frame."""
+        frame = sample // 960
+        if frame >= len(self.captured):
+            return None
+        return self.captured[frame] - ((frame + 1) * 960 - sample) / 48000
+
+
+async def stream_microphone(
+    base_url: str, mic: ArrayMicrophone, seconds: float, options: dict[str, Any],
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
+) -> Received:
+    """Send ``mic`` with a receive-only video section (the avatar comes back on it) for
+    ``seconds`` and record the server's output, as a microphone-only client does."""
+    pc = RTCPeerConnection()
+    received = Received()
+    pc.addTrack(mic)
+    pc.addTransceiver("video", direction="recvonly")
+    tasks: list[asyncio.Task[None]] = []
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        tasks.append(asyncio.create_task(_record(track, received)))
+
+    await _run_session(pc, base_url, seconds, options, received, on_answer)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return received
+
+
+async def _record(track: MediaStreamTrack, received: Received) -> None:
+    """Append each decoded frame of ``track`` to ``received`` with its arrival time."""
+    try:
+        while True:
+            frame = await track.recv()
+            arrival = time.monotonic()
+            if track.kind == "video":
+                received.video.append((arrival, frame.pts, frame.to_ndarray(format="rgb24")))
+            else:
+                samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
+                received.audio.append((arrival, frame.pts, samples.astype(np.float32) / 32768.0))
+    except MediaStreamError:
+        pass
+
+
+async def _run_session(
+    pc: RTCPeerConnection, base_url: str, seconds: float, options: dict[str, Any], received: Received,
+    on_answer: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Offer, answer, stream for ``seconds``, end the session and close the peer."""
+    await pc.setLocalDescription(await pc.createOffer())
+    for transceiver in pc.getTransceivers():
+        rate = 90000 if transceiver.kind == "video" else 48000
+        received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, rate)
+    async with aiohttp.ClientSession() as http:
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", "options": options}
+        async with http.post(f"{base_url}/offer", json=body) as response:
+            received.answer = await response.json()
+            assert response.status == 200, received.answer
+        if on_answer:
+            on_answer(received.answer)
+        await pc.setRemoteDescription(RTCSessionDescription(received.answer["sdp"], received.answer["type"]))
+        await asyncio.sleep(seconds)
+        async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
+            assert response.status == 200
+    await pc.close()

@@ -125,6 +125,7 @@ class Session:
         self._blank = self._blank_frame() if self.size else np.zeros((0, 0, 3), np.uint8)
         self._camera_cache: tuple[int, np.ndarray] | None = None
         self._slot_times: dict[int, SlotTimes] = {}  # slots handed to the backend, not yet sent
+        self._jobs: dict[int, asyncio.Future[JobResult]] = {}  # slots at the backend
         self._trace = trace
         self._counted = self.scheduler.counts.as_dict()
         if avatar.notice:
@@ -240,9 +241,11 @@ class Session:
 
         self._slot_times[slot] = SlotTimes(dispatched=MediaClock.wall_now())
         future = self.worker.submit(build)
+        self._jobs[slot] = future
         future.add_done_callback(lambda done: self._on_result(slot, done))
 
     def _on_result(self, slot: int, future: asyncio.Future[JobResult]) -> None:
+        self._jobs.pop(slot, None)
         if future.cancelled() or self.closed.is_set():
             return
         now = self.clock.media_now()
@@ -252,7 +255,8 @@ class Session:
             self.add_event(f"backend {self.backend.name} failed on a frame: {error}")
         else:
             result = future.result()
-            self.scheduler.completed(slot, result.frame, now, result.backend_s)
+            # the scheduler plans with what a job really costs the worker, building included
+            self.scheduler.completed(slot, result.frame, now, result.service_s)
             self.stats.backend_s.append(result.backend_s)
             metrics.BACKEND_TIME.labels(self.backend.name).observe(result.backend_s)
             times = self._slot_times.get(slot)
@@ -288,6 +292,7 @@ class Session:
             slot = math.floor((self.clock.media_now() - scheduler.config.delay_s) * scheduler.config.fps)
         emission = scheduler.emit(slot)
         emitted = MediaClock.wall_now()
+        self._abandon_late_jobs(slot)
         self._video_slot = slot + 1
         self._wake.set()
         camera = self.camera.at(self.clock.capture_wall(scheduler.slot_time(slot))) if self.avatar.is_camera else None
@@ -297,6 +302,13 @@ class Session:
         frame.time_base = VIDEO_TIME_BASE
         self._record(emission, emitted)
         return frame
+
+    def _abandon_late_jobs(self, sent: int) -> None:
+        """Withdraw jobs whose slot has been sent without them: a job that is not yet running is
+        never run (a backlog of stale work would make every later frame late too)."""
+        for slot in [s for s in self._jobs if s <= sent]:
+            self._jobs.pop(slot).cancel()
+            self.scheduler.abandon(slot)
 
     def _compose(self, emission: Emission[np.ndarray], camera: av.VideoFrame | None) -> av.VideoFrame:
         """The image for one slot, as a YUV frame for the encoder (executor thread)."""

@@ -60,7 +60,7 @@ class TraceWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] = path.open("a", buffering=1 << 16)
+        self._file: IO[str] = path.open("a", buffering=1)  # line-buffered: complete lines even if killed
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")

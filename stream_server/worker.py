@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class JobResult:
     frame: np.ndarray
     backend_s: float  # the batch's generate time divided by its jobs (the backend's speed)
+    service_s: float  # the worker's whole time per job, building included (what a job costs)
     picked: float  # wall times (monotonic): the worker took the batch off the queue,
     built: float  # built its jobs and called generate,
     finished: float  # and generate returned
@@ -107,7 +108,7 @@ class BackendWorker:
                 pending.loop.call_soon_threadsafe(_settle, pending.future, None, exc)
             return
         finished = time.monotonic()
-        per_job = (finished - built) / len(jobs)
+        per_job, service = (finished - built) / len(jobs), (finished - picked) / len(jobs)
         for pending, frame in zip(ready, frames):
-            result = JobResult(frame, per_job, picked, built, finished)
+            result = JobResult(frame, per_job, service, picked, built, finished)
             pending.loop.call_soon_threadsafe(_settle, pending.future, result, None)
