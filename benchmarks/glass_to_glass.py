@@ -85,15 +85,14 @@ def mouth_change(received: Received) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reaction_latencies(
-    mic: ArrayMicrophone, onsets: list[int], arrivals: np.ndarray, change: np.ndarray
+    captures: list[float | None], arrivals: np.ndarray, change: np.ndarray
 ) -> tuple[list[float], list[int], int]:
-    """Per vowel: capture of its first sample -> first frame whose mouth has moved 30 % of the
-    way from where it was just before (closed) to the typical open mouth. Returns the latencies,
-    the index of each reacting frame (-1 if none) and how many vowels found the mouth not yet
-    closed from the one before (those are left out)."""
+    """Per vowel (the times its first sample entered the microphone): the time to the first
+    frame whose mouth has moved 30 % of the way from where it was just before (closed) to the
+    typical open mouth. Returns the latencies, the index of each reacting frame (-1 if none)
+    and how many vowels found the mouth not yet closed from the one before (left out)."""
     windows = []
-    for onset in onsets:
-        sent = mic.capture_time(onset)
+    for sent in captures:
         inside = np.flatnonzero((arrivals >= sent) & (arrivals < sent + SEARCH_S)) if sent is not None else np.zeros(0, int)
         before = np.flatnonzero((arrivals >= sent - 0.2) & (arrivals < sent)) if sent is not None else np.zeros(0, int)
         windows.append((sent, inside, before))
@@ -148,7 +147,7 @@ async def measure(backend: str, avatar: str, events: int, period_s: float) -> di
     finally:
         stop_server(server)
     arrivals, change = mouth_change(received)
-    latencies, reacting, not_closed = reaction_latencies(mic, onsets, arrivals, change)
+    latencies, reacting, not_closed = reaction_latencies([mic.capture_time(o) for o in onsets], arrivals, change)
     offsets = mouth_vs_sound(received, onsets, reacting)
     result: dict[str, Any] = {
         "backend": backend,

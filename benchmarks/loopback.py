@@ -55,6 +55,7 @@ async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
         "backend_ms_last_10s": final["backend_ms"],
         "stages_ms_last_10s": final["stages_ms"],  # generated frames, stream_server/stages.py
         "delay_ms": final["delay_ms"],
+        "lookahead_ms": final["lookahead_ms"],
         "jitter_allowance_ms": final["jitter_ms"],
         # frames sent before their audio had arrived (late packets): no latency can be given
         "sent_before_audio": final["sent_before_audio"],

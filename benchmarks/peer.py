@@ -22,8 +22,8 @@ from aiortc.rtp import RtcpSrPacket
 
 from stream_server.media_io import load_audio
 
-CODE_BITS = 11  # frame numbers up to 2047: 80 s at 25 fps
-BLOCK = 20  # marker block side in pixels (11 blocks fit a 224-pixel frame)
+CODE_BITS = 14  # frame numbers up to 16383: 10.9 min at 25 fps
+BLOCK = 16  # marker block side in pixels (14 blocks fit a 224-pixel frame)
 
 
 def stamp(rgb: np.ndarray, index: int) -> np.ndarray:
@@ -140,6 +140,7 @@ class Received:
     audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)  # (arrival, pts, mono48k)
     answer: dict[str, Any] = field(default_factory=dict)
     sender_time: dict[str, SenderTime] = field(default_factory=dict)  # by kind
+    keep_rows: int | None = None  # keep only the top rows of each video frame (long runs: the stamps)
 
 
 def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
@@ -179,12 +180,14 @@ def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
 
 
 async def stream_clip(
-    base_url: str, clip: Path, seconds: float, options: dict[str, Any], on_answer: Callable[[dict[str, Any]], None] | None = None
+    base_url: str, clip: Path, seconds: float, options: dict[str, Any],
+    on_answer: Callable[[dict[str, Any]], None] | None = None, keep_rows: int | None = None,
 ) -> Received:
-    """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output."""
+    """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output
+    (of each video frame only the top ``keep_rows`` rows, if given)."""
     player = MediaPlayer(str(clip))
     pc = RTCPeerConnection()
-    received = Received()
+    received = Received(keep_rows=keep_rows)
     pc.addTrack(PacedAudio(player.audio))
     video = StampedVideo(player.video)
     pc.addTrack(video)
@@ -304,7 +307,10 @@ async def _record(track: MediaStreamTrack, received: Received) -> None:
             frame = await track.recv()
             arrival = time.monotonic()
             if track.kind == "video":
-                received.video.append((arrival, frame.pts, frame.to_ndarray(format="rgb24")))
+                rgb = frame.to_ndarray(format="rgb24")
+                if received.keep_rows is not None:
+                    rgb = np.ascontiguousarray(rgb[: received.keep_rows])
+                received.video.append((arrival, frame.pts, rgb))
             else:
                 samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
                 received.audio.append((arrival, frame.pts, samples.astype(np.float32) / 32768.0))

@@ -118,6 +118,7 @@ async def live_case(name: str, seconds: float, clip: Path) -> dict[str, Any]:
         "latency_trend_ms_per_min": trend_ms_per_min(handoffs, latency),
         "latency_p50_first_last_third_ms": [pct(latency[: len(latency) // 3], 50), pct(latency[-(len(latency) // 3) :], 50)],
         "av_offset_ms": offsets_summary(av_offsets(received, clip, video_fps(clip))),
+        "latencies_ms": [round(float(x) * 1000, 1) for x in latency],  # every frame's, for the plots
     }
 
 

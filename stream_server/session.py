@@ -373,6 +373,7 @@ class Session:
             avatar=self.options.avatar,
             counts=self.scheduler.counts.as_dict(),
             delay_s=self.scheduler.config.delay_s,
+            lookahead_s=self.backend.lookahead_s,
             jitter_s=self.clock.jitter_s,
             backend_stats=self.backend.stream_stats(self.id),
             uptime_s=time.monotonic() - self.created,

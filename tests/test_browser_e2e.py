@@ -26,12 +26,12 @@ try:
 except ImportError:  # tests/ is not a package and only it is on sys.path
     from browser_media import make_fake_capture_files
 
+from benchmarks.chromium import launch, missing_browser
+
 pytestmark = pytest.mark.browser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SERVER_START_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 20.0
 
@@ -113,42 +113,15 @@ def server(tmp_path_factory) -> Server:
 @pytest.fixture
 def browser(request, fake_media, server):
     """A fresh headless Chromium with the talking clip as camera and microphone."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    missing = missing_browser()
     if missing:
         pytest.fail(
             f"browser tests need {' and '.join(missing)}: install them with "
             f"`apt-get install chromium chromium-driver`"
         )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     y4m, wav = fake_media
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-        f"--use-file-for-fake-video-capture={y4m}",
-        f"--use-file-for-fake-audio-capture={wav}",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1100",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(CHROMEDRIVER))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_script_timeout(30)
+    driver = launch(y4m, wav, Path(profile))
     failed_before = request.session.testsfailed
     try:
         yield driver
