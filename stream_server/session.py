@@ -15,7 +15,8 @@ import math
 import time
 import uuid
 from fractions import Fraction
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import av
 import cv2
@@ -37,7 +38,7 @@ from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
 from stream_server.scheduler import Emission, FrameScheduler, SchedulerConfig, budget_for
 from stream_server.stats import SessionStats
-from stream_server.worker import BackendWorker
+from stream_server.worker import BackendHung, BackendWorker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,19 @@ BLANK_GREY = 32
 
 class OfferError(ValueError):
     """The offer cannot be answered; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    idle_timeout_s: float = 10.0  # no packet (RTP or RTCP) from the peer for this long ends it
+    max_session_s: float = 12 * 3600.0
+    failures_before_fallback: int = 3  # failed frames in a row that switch to the fallback
+
+
+# (failed backend name, options) -> the fallback's backend, worker and prepared avatar, or None
+Replacement = tuple[Backend, BackendWorker, Avatar]
+FallbackProvider = Callable[[str, SessionOptions], Awaitable[Replacement | None]]
+WATCH_INTERVAL_S = 0.5
 
 
 class CameraIn:
@@ -83,6 +97,8 @@ class Session:
         typical_fps: float | None,
         min_budget_s: float,
         ice_servers: list[dict[str, Any]] | None = None,
+        limits: SessionLimits | None = None,
+        fallback: FallbackProvider | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.options = options
@@ -111,6 +127,13 @@ class Session:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.events: collections.deque[str] = collections.deque(maxlen=20)
+        self.events_total = 0  # events ever added (the deque keeps the last 20)
+        self.limits = limits or SessionLimits()
+        self.last_heard = time.monotonic()  # the last RTP or RTCP packet from the peer
+        self.fallbacks: list[dict[str, str]] = []  # {"from", "to", "reason"}, in order
+        self._fallback = fallback
+        self._failures_in_row = 0
+        self._switching = False
         self._wake = asyncio.Event()
         self._scheduler_started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,8 +169,44 @@ class Session:
         )
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        self._listen_for_packets()
         self._tasks.append(asyncio.create_task(self._drive(), name=f"drive-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._watch(), name=f"watch-{self.id}"))
         return self.pc.localDescription
+
+    def _listen_for_packets(self) -> None:
+        """Note the time of every RTP and RTCP packet from the peer. A peer that only receives
+        still sends RTCP receiver reports about once a second, so silence means it is gone."""
+        transports = {id(t.receiver.transport): t.receiver.transport for t in self.pc.getTransceivers()}
+        for transport in transports.values():
+            on_rtp, on_rtcp = transport._handle_rtp_data, transport._handle_rtcp_data
+
+            async def heard_rtp(data: bytes, arrival_time_ms: int, on_rtp: Any = on_rtp) -> None:
+                self.last_heard = time.monotonic()
+                await on_rtp(data, arrival_time_ms=arrival_time_ms)
+
+            async def heard_rtcp(data: bytes, on_rtcp: Any = on_rtcp) -> None:
+                self.last_heard = time.monotonic()
+                await on_rtcp(data)
+
+            transport._handle_rtp_data, transport._handle_rtcp_data = heard_rtp, heard_rtcp
+
+    async def _watch(self) -> None:
+        """End the session when the peer has gone quiet or the session has run its maximum time."""
+        limits = self.limits
+        while not self.closed.is_set():
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            if now - self.last_heard > limits.idle_timeout_s:
+                asyncio.create_task(self.close(
+                    f"nothing heard from the peer for {limits.idle_timeout_s:g} s (tab closed or network lost)"
+                ))
+                return
+            if now - self.created > limits.max_session_s:
+                asyncio.create_task(self.close(
+                    f"the session reached its maximum duration ({limits.max_session_s:g} s); start a new one"
+                ))
+                return
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         consume = self._consume_audio if track.kind == "audio" else self._consume_video
@@ -230,9 +289,10 @@ class Session:
         time_s = self.scheduler.slot_time(slot)
         audio = self.audio_in.window(time_s, self.backend.context_s, self.backend.lookahead_s)
         camera = self.camera.at(self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
+        avatar = self.avatar
 
         def build() -> FrameJob:  # runs in the worker thread
-            return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), self.avatar)
+            return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), avatar)
 
         future = self.worker.submit(build)
         future.add_done_callback(lambda done: self._on_result(slot, done))
@@ -244,8 +304,13 @@ class Session:
         error = future.exception()
         if error is not None:
             self.scheduler.failed(slot, now)
-            self.add_event(f"backend {self.backend.name} failed on a frame: {error}")
+            self._failures_in_row += 1
+            if self._failures_in_row == 1:
+                self.add_event(f"backend {self.backend.name} failed on a frame: {error}")
+            if isinstance(error, BackendHung) or self._failures_in_row >= self.limits.failures_before_fallback:
+                self._start_fallback(str(error), hung=isinstance(error, BackendHung))
         else:
+            self._failures_in_row = 0
             frame, backend_s = future.result()
             self.scheduler.completed(slot, frame, now, backend_s)
             self.stats.backend_s.append(backend_s)
@@ -265,6 +330,38 @@ class Session:
         rgb = video_frame_to_rgb(camera, *self.size)
         self._camera_cache = (id(camera), rgb)
         return rgb
+
+    def _start_fallback(self, reason: str, hung: bool) -> None:
+        if self._switching or self.closed.is_set():
+            return
+        self._switching = True
+        self._tasks.append(asyncio.create_task(self._fall_back(reason, hung), name=f"fallback-{self.id}"))
+
+    async def _fall_back(self, reason: str, hung: bool) -> None:
+        """Move this session onto the fallback backend; other sessions are not touched."""
+        failed = self.backend
+        replacement = None
+        if self._fallback is not None:
+            try:
+                replacement = await self._fallback(failed.name, self.options)
+            except Exception:
+                log.exception("session %s: no fallback for %s", self.id, failed.name)
+        if self.closed.is_set():
+            return
+        if replacement is None:
+            asyncio.create_task(self.close(f"backend {failed.name} failed ({reason}) and no fallback backend could take over"))
+            return
+        backend, worker, avatar = replacement
+        self.backend, self.worker, self.avatar = backend, worker, avatar
+        self.stats.backend = backend.name
+        self.fallbacks.append({"from": failed.name, "to": backend.name, "reason": reason})
+        self.add_event(f"backend {failed.name} failed ({reason}): this session continues on {backend.name}")
+        self._failures_in_row = 0
+        self._switching = False
+        if not hung:
+            # forget the stream in the failed backend, off the loop (it may be slow to answer)
+            asyncio.get_running_loop().run_in_executor(None, failed.close_stream, self.id)
+        self._wake.set()
 
     # -- outbound media --------------------------------------------------------------------
     async def next_video_frame(self) -> av.VideoFrame:
@@ -333,9 +430,10 @@ class Session:
     def add_event(self, message: str) -> None:
         log.warning("session %s: %s", self.id, message)
         self.events.append(message)
+        self.events_total += 1
 
     def snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot(
+        snapshot = self.stats.snapshot(
             avatar=self.options.avatar,
             counts=self.scheduler.counts.as_dict(),
             delay_s=self.scheduler.config.delay_s,
@@ -343,6 +441,8 @@ class Session:
             backend_stats=self.backend.stream_stats(self.id),
             uptime_s=time.monotonic() - self.created,
         )
+        snapshot["fallbacks"] = list(self.fallbacks)
+        return snapshot
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed.is_set():
