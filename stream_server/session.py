@@ -294,15 +294,18 @@ class Session:
         def build() -> FrameJob:  # runs in the worker thread
             return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), avatar)
 
+        backend = self.backend
         future = self.worker.submit(build)
-        future.add_done_callback(lambda done: self._on_result(slot, done))
+        future.add_done_callback(lambda done: self._on_result(slot, done, backend))
 
-    def _on_result(self, slot: int, future: asyncio.Future[tuple[np.ndarray, float]]) -> None:
+    def _on_result(self, slot: int, future: asyncio.Future[tuple[np.ndarray, float]], backend: Backend) -> None:
         if future.cancelled() or self.closed.is_set():
             return
         now = self.clock.media_now()
         error = future.exception()
-        if error is not None:
+        if error is not None and backend is not self.backend:
+            self.scheduler.failed(slot, now)  # a job of the backend this session has already left
+        elif error is not None:
             self.scheduler.failed(slot, now)
             self._failures_in_row += 1
             if self._failures_in_row == 1:
