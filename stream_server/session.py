@@ -157,7 +157,8 @@ class Session:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except Exception as exc:
-            raise OfferError(f"the offer could not be applied: {exc}") from exc
+            detail = str(exc) or f"the SDP is malformed ({type(exc).__name__})"
+            raise OfferError(f"the offer could not be applied: {detail}") from exc
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "video" not in kinds:
             raise OfferError("the offer has no video section, so the avatar cannot be sent back; add a video transceiver")

@@ -44,13 +44,13 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
                 width, height = header.size
                 kind = header.format
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise UploadError(413, f"the image has far more pixels than the limit ({max_pixels})") from None
+        raise UploadError(413, f"the image has far more pixels than allowed: the limit is {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise UploadError(415, "the upload is not an image: send a JPEG, PNG or WebP file", list(FORMATS)) from None
     if kind not in FORMATS:
         raise UploadError(415, f"{kind} images are not accepted: send a JPEG, PNG or WebP file", list(FORMATS))
     if width * height > max_pixels:
-        raise UploadError(413, f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        raise UploadError(413, f"the image is {width}x{height} = {width * height} pixels: the limit is {max_pixels} pixels")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise UploadError(415, "the image could not be decoded (truncated or corrupt file)", list(FORMATS))
