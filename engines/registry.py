@@ -87,6 +87,12 @@ class BackendRegistry:
             self._loaded[name] = backend
             return backend
 
+    def mark_failed(self, name: str, reason: str) -> None:
+        """Take a loaded backend out of service (it hung): listed as unavailable with the reason."""
+        self._errors[name] = reason  # no lock: a load in progress must not block the event loop
+        self._loaded.pop(name, None)
+        log.error("backend %s taken out of service: %s", name, reason)
+
     def loaded(self) -> list[Backend]:
         return list(self._loaded.values())
 

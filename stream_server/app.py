@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -18,7 +20,9 @@ from stream_server.avatars import AvatarLibrary
 from stream_server.config import FPS_CHOICES, Settings
 from stream_server.frames import fit_cover
 from stream_server.options import OptionError, SessionOptions, parse_options
-from stream_server.session import OfferError, Session
+from stream_server.security import cors_middleware, token_middleware
+from stream_server.session import OfferError, Replacement, Session, SessionLimits
+from stream_server.uploads import UploadError, check_name, decode_upload, require_face
 from stream_server.stages import TraceWriter
 from stream_server.worker import BackendWorker
 
@@ -27,6 +31,12 @@ log = logging.getLogger(__name__)
 WEB_CLIENT = Path(__file__).resolve().parents[1] / "web_client"
 SERVER: web.AppKey["Server"] = web.AppKey("server")
 STATS_INTERVAL_S = 0.5
+WATCHDOG_INTERVAL_S = 0.25
+MAX_PREPARED = 32  # prepared avatars kept (backend x avatar x size); the least recently used go
+
+
+class CapacityError(RuntimeError):
+    """The server runs as many sessions as it may; the message is shown to the user."""
 
 
 def error(status: int, message: str, valid: list[Any] | None = None) -> web.Response:
@@ -41,13 +51,16 @@ class Server:
 
     def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
         self.settings = settings
-        self.avatars = AvatarLibrary(settings.avatar_files)
+        self.avatars = AvatarLibrary(settings.avatar_files, settings.max_uploads)
         self.registry = registry or BackendRegistry()
         self.sessions: dict[str, Session] = {}
+        self._opening = 0  # offers being answered (counted against max_sessions)
         self._workers: dict[str, BackendWorker] = {}
-        self._prepared: dict[tuple[str, str, int, int], Avatar] = {}
+        self._prepared: collections.OrderedDict[tuple[str, str, int | None, int | None], Avatar] = collections.OrderedDict()
         self._load_lock = asyncio.Lock()
         self.trace = TraceWriter(settings.trace_file) if settings.trace_file else None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.limits = SessionLimits(settings.idle_timeout_s, settings.max_session_s, settings.failures_before_fallback)
 
     async def worker(self, backend: str) -> BackendWorker:
         """The backend's shared worker, loading the backend on first use (off the loop)."""
@@ -55,41 +68,98 @@ class Server:
             if backend not in self._workers:
                 loaded = await asyncio.to_thread(self.registry.get, backend)
                 self._workers[backend] = BackendWorker(loaded)
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.create_task(self._watch_workers(), name="backend-watchdog")
             return self._workers[backend]
 
     async def prepared_avatar(self, options: SessionOptions) -> Avatar:
         key = (options.backend, options.avatar, options.width, options.height)
-        if key not in self._prepared:
+        if key in self._prepared:
+            self._prepared.move_to_end(key)
+        else:
             worker = await self.worker(options.backend)
             image = self.avatars.image(options.avatar)
             if image is not None:  # the backend prepares the picture exactly as it will be sent
                 assert options.width is not None and options.height is not None
                 image = await asyncio.to_thread(fit_cover, image, options.width, options.height)
             self._prepared[key] = await asyncio.to_thread(worker.backend.prepare_avatar, options.avatar, image)
+            while len(self._prepared) > MAX_PREPARED:
+                self._prepared.popitem(last=False)
         return self._prepared[key]
 
+    def forget_avatar(self, name: str) -> None:
+        for key in [key for key in self._prepared if key[1] == name]:
+            del self._prepared[key]
+
+    def check_capacity(self) -> None:
+        limit = self.settings.max_sessions
+        if len(self.sessions) + self._opening >= limit:
+            raise CapacityError(
+                f"the server is full: it runs at most {limit} session{'s' if limit != 1 else ''} at once; "
+                f"try again in about {self.settings.retry_after_s} s"
+            )
+
     async def open_session(self, sdp: str, kind: str, options: SessionOptions) -> tuple[Session, RTCSessionDescription]:
-        worker = await self.worker(options.backend)
-        avatar = await self.prepared_avatar(options)
-        session = Session(
-            options,
-            worker.backend,
-            worker,
-            avatar,
-            typical_fps=self.registry.info(options.backend).typical_fps,
-            min_budget_s=self.settings.min_budget_ms / 1000.0,
-            ice_servers=self.settings.ice_servers,
-            trace=self.trace,
-        )
+        self.check_capacity()
+        self._opening += 1
         try:
-            answer = await session.accept(sdp, kind)
-        except BaseException:
-            await session.close("offer rejected")
-            raise
-        self.sessions[session.id] = session
+            worker = await self.worker(options.backend)
+            avatar = await self.prepared_avatar(options)
+            session = Session(
+                options,
+                worker.backend,
+                worker,
+                avatar,
+                typical_fps=self.registry.info(options.backend).typical_fps,
+                min_budget_s=self.settings.min_budget_ms / 1000.0,
+                ice_servers=self.settings.ice_servers,
+                limits=self.limits,
+                fallback=self.fallback_for,
+                trace=self.trace,
+            )
+            try:
+                answer = await session.accept(sdp, kind)
+            except BaseException:
+                await session.close("offer rejected")
+                raise
+            self.sessions[session.id] = session
+        finally:
+            self._opening -= 1
         metrics.SESSIONS_TOTAL.inc()
         asyncio.create_task(self._forget_when_closed(session))
         return session, answer
+
+    async def fallback_for(self, failed: str, options: SessionOptions) -> Replacement | None:
+        """The first fallback backend (in settings order) that is not ``failed``, is available,
+        loads, and accepts the session's avatar."""
+        for name in self.settings.fallback_backends:
+            if name == failed or self.registry.unavailable_reason(name):
+                continue
+            moved = dataclasses.replace(options, backend=name)
+            try:
+                worker = await self.worker(name)
+                avatar = await self.prepared_avatar(moved)
+            except (AvatarError, RuntimeError) as exc:
+                log.warning("fallback %s cannot take over from %s: %s", name, failed, exc)
+                continue
+            return worker.backend, worker, avatar
+        return None
+
+    async def _watch_workers(self) -> None:
+        """Give up a backend whose generate() has not returned within the hang limit: its jobs
+        fail at once (their sessions move to the fallback) and it is listed as unavailable."""
+        limit = self.settings.hang_timeout_s
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            for name, worker in list(self._workers.items()):
+                busy = worker.busy_s()
+                if busy > limit:
+                    reason = f"generate() did not return within {limit:g} s"
+                    self.registry.mark_failed(name, f"hung: {reason}; restart the server to use it again")
+                    del self._workers[name]
+                    for key in [key for key in self._prepared if key[0] == name]:
+                        del self._prepared[key]
+                    worker.abandon(f"backend {name} hung: {reason}")
 
     async def _forget_when_closed(self, session: Session) -> None:
         await session.closed.wait()
@@ -97,6 +167,8 @@ class Server:
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(s.close("server shutting down") for s in list(self.sessions.values())))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for worker in self._workers.values():
             worker.stop()
         if self.trace is not None:
@@ -143,6 +215,10 @@ async def offer(request: web.Request) -> web.Response:
         return error(400, str(exc), exc.valid)
     try:
         session, answer = await server.open_session(sdp, kind, options)
+    except CapacityError as exc:
+        response = error(503, str(exc))
+        response.headers["Retry-After"] = str(server.settings.retry_after_s)
+        return response
     except OfferError as exc:
         return error(400, str(exc))
     except AvatarError as exc:
@@ -197,14 +273,18 @@ async def config(request: web.Request) -> web.Response:
             "fps_choices": list(FPS_CHOICES),
             "default_fps": server.settings.fps,
             "ice_servers": server.settings.ice_servers,
-            "token_required": False,
+            "token_required": bool(server.settings.token),
+            "max_sessions": server.settings.max_sessions,
+            "max_upload_bytes": server.settings.max_upload_bytes,
         }
     )
 
 
 async def healthz(request: web.Request) -> web.Response:
     server: Server = request.app[SERVER]
-    return web.json_response({"status": "ok", "sessions": len(server.sessions)})
+    return web.json_response(
+        {"status": "ok", "sessions": len(server.sessions), "max_sessions": server.settings.max_sessions}
+    )
 
 
 async def metrics_route(request: web.Request) -> web.Response:
@@ -229,10 +309,10 @@ async def stats_socket(request: web.Request) -> web.StreamResponse:
     sent_events = 0
     try:
         while not socket.closed and not session.closed.is_set():
-            events = list(session.events)
-            for message in events[sent_events:]:
+            new = session.events_total - sent_events
+            for message in list(session.events)[-new:] if new > 0 else []:
                 await socket.send_json({"type": "event", "message": message})
-            sent_events = len(events)
+            sent_events = session.events_total
             await socket.send_json(session.snapshot())
             await asyncio.wait([reader, closed], timeout=STATS_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
@@ -255,18 +335,46 @@ async def _drain(socket: web.WebSocketResponse) -> None:
             break
 
 
+async def upload_avatar(request: web.Request) -> web.Response:
+    """``POST /avatars?name=NAME`` with an image file as the body: a new avatar (kept in memory)."""
+    server: Server = request.app[SERVER]
+    limit = server.settings.max_upload_bytes
+    try:
+        name = check_name(request.query.get("name", "upload"))
+        if request.content_length is not None and request.content_length > limit:
+            raise UploadError(413, f"the upload is {request.content_length} bytes; the limit is {limit}")
+        data = await request.content.read(limit + 1)
+        if len(data) > limit:
+            raise UploadError(413, f"the upload is over the limit of {limit} bytes")
+        rgb = await asyncio.to_thread(decode_upload, data, server.settings.max_upload_pixels)
+        await asyncio.to_thread(require_face, rgb)
+    except UploadError as exc:
+        return error(exc.status, str(exc), exc.valid)
+    name, forgotten = server.avatars.add_upload(name, rgb)
+    for old in forgotten:
+        server.forget_avatar(old)
+    return web.json_response(
+        {"avatar": server.avatars.source(name).to_json(), "width": rgb.shape[1], "height": rgb.shape[0]}, status=201
+    )
+
+
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_CLIENT / "index.html")
 
 
 def create_app(settings: Settings, registry: BackendRegistry | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    middlewares = [cors_middleware(settings.cors_origins)]
+    if settings.token:
+        middlewares.append(token_middleware(settings.token))
+    middlewares.append(json_errors)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     server = Server(settings, registry)
     app[SERVER] = server
     app.router.add_post("/offer", offer)
     app.router.add_delete("/sessions/{session_id}", delete_session)
     app.router.add_get("/backends", backends)
     app.router.add_get("/avatars", avatars)
+    app.router.add_post("/avatars", upload_avatar)
     app.router.add_get("/avatars/{name}.jpg", avatar_thumbnail)
     app.router.add_get("/config", config)
     app.router.add_get("/healthz", healthz)

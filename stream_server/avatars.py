@@ -48,9 +48,10 @@ class AvatarSource:
 
 
 class AvatarLibrary:
-    """Avatar names -> sources; images are read once and kept."""
+    """Avatar names -> sources; images are read once and kept. Uploaded images live in memory
+    only, at most ``max_uploads`` of them (the oldest is forgotten when a new one comes)."""
 
-    def __init__(self, files: list[Path] | None = None) -> None:
+    def __init__(self, files: list[Path] | None = None, max_uploads: int = 16) -> None:
         self._sources: dict[str, AvatarSource] = {CAMERA: AvatarSource(CAMERA, "camera")}
         for name, path in BUNDLED.items():
             self._sources[name] = AvatarSource(name, "image", path)
@@ -62,6 +63,27 @@ class AvatarLibrary:
             self._sources[name] = AvatarSource(name, "image", path)
         self._images: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._uploads: list[str] = []  # oldest first
+        self.max_uploads = max_uploads
+
+    def add_upload(self, stem: str, rgb: np.ndarray) -> tuple[str, list[str]]:
+        """Add an uploaded image; returns its name and the names forgotten to make room."""
+        name = stem
+        number = 2
+        while name in self._sources:
+            name = f"{stem}-{number}"
+            number += 1
+        with self._lock:
+            self._sources[name] = AvatarSource(name, "image", None)
+            self._images[name] = rgb
+            self._uploads.append(name)
+            forgotten = []
+            while len(self._uploads) > self.max_uploads:
+                old = self._uploads.pop(0)
+                self._sources.pop(old, None)
+                self._images.pop(old, None)
+                forgotten.append(old)
+        return name, forgotten
 
     def names(self) -> list[str]:
         return list(self._sources)
@@ -72,10 +94,11 @@ class AvatarLibrary:
     def image(self, name: str) -> np.ndarray | None:
         """RGB image of an avatar (None for the camera). Callers must not modify it."""
         source = self._sources[name]
-        if source.path is None:
+        if source.kind == "camera":
             return None
         with self._lock:
             if name not in self._images:
+                assert source.path is not None
                 self._images[name] = read_image(source.path)
             return self._images[name]
 

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import json
 import logging
+import ssl
 import sys
 from pathlib import Path
 
@@ -28,7 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--avatar", default=None, help="default avatar for new sessions (camera, astronaut, or the name of an --avatar-file)")
     serve.add_argument("--avatar-file", action="append", type=Path, default=[], metavar="IMAGE", help="add an image file as an avatar, named after the file (repeatable)")
     serve.add_argument("--fps", type=int, default=None, help="default output frame rate (default 25)")
-    serve.add_argument("--ice-server", action="append", default=[], metavar="URL", help="STUN/TURN server URL for the server and the page (repeatable)")
+    serve.add_argument("--ice-server", action="append", default=[], metavar="URL", help="STUN/TURN server URL for the server and the page (repeatable); turn: URLs take --turn-username/--turn-credential")
+    serve.add_argument("--turn-username", default=None, help="username for the turn: servers given with --ice-server")
+    serve.add_argument("--turn-credential", default=None, help="password for the turn: servers given with --ice-server")
+    access = serve.add_argument_group("access (see README: Running it for real)")
+    access.add_argument("--token", default=None, help="access token every API and WebSocket call must carry (or LIPSYNC_TOKEN); required with a non-local --host")
+    access.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help="certificate chain: serve HTTPS (browsers need it for the camera off localhost)")
+    access.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="private key of --tls-cert")
+    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="another origin (https://host[:port]) allowed to call the API (repeatable)")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-sessions", type=int, default=None, help="sessions at once; beyond it new ones get 503 (default 4)")
+    limits.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="end a session after this many seconds without a packet from its peer (default 10)")
+    limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
     serve.add_argument("--trace", type=Path, default=None, metavar="FILE", help="append one JSON line per output frame (latency and per-stage timings) to FILE")
 
     render = commands.add_parser("render", help="lip-sync an image or video to an audio file", description="Run the streaming pipeline on files and write an MP4 (H.264 + AAC).")
@@ -74,22 +86,42 @@ def serve(args: argparse.Namespace) -> int:
             "avatar": args.avatar,
             "fps": args.fps,
             "trace_file": args.trace,
+            "token": args.token,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "max_sessions": args.max_sessions,
+            "idle_timeout_s": args.idle_timeout,
+            "max_session_s": args.max_session_duration,
         }.items()
         if value is not None
     }
     if args.avatar_file:
         overrides["avatar_files"] = args.avatar_file
     if args.ice_server:
-        overrides["ice_servers"] = [{"urls": url} for url in args.ice_server]
+        overrides["ice_servers"] = [ice_server(url, args.turn_username, args.turn_credential) for url in args.ice_server]
+    if args.cors_origin:
+        overrides["cors_origins"] = args.cors_origin
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
         return 2
+    from stream_server.security import ExposureError, start_up_notes
+
+    try:
+        notes = start_up_notes(settings)
+    except ExposureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", flush=True)
     try:
         asyncio.run(run_server(settings))
     except AvatarFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ssl.SSLError as exc:
+        print(f"error: cannot use the TLS certificate and key: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
@@ -101,10 +133,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def ice_server(url: str, username: str | None, credential: str | None) -> dict[str, str]:
+    """An RTCIceServer dict; TURN servers get the credentials."""
+    server = {"urls": url}
+    if url.startswith(("turn:", "turns:")) and username is not None:
+        server["username"] = username
+        server["credential"] = credential or ""
+    return server
+
+
 async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined]  # noqa: F821
     from aiohttp import web
 
     from stream_server.app import SERVER, create_app
+    from stream_server.security import ssl_context
 
     app = create_app(settings)
     server = app[SERVER]
@@ -112,11 +154,13 @@ async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined
         raise SystemExit(f"error: unknown default avatar {settings.avatar!r}; valid: {', '.join(server.avatars.names())}")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    tls = ssl_context(settings)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    print(f"Serving on http://{host}:{port}  (backend {settings.backend}; open it in a browser, Ctrl-C stops)", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"Serving on {scheme}://{host}:{port}  (backend {settings.backend}; open it in a browser, Ctrl-C stops)", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

@@ -25,3 +25,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024)  # an offer is a few kB of SDP
     ice_servers: list[dict] = []  # RTCIceServer dicts, passed to the server and the page
     trace_file: Path | None = None  # one JSON line per output frame with its stage timings
+
+    # -- access ----------------------------------------------------------------------------
+    token: str = ""  # when set, every API and WebSocket call must carry it (LIPSYNC_TOKEN)
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key, the server speaks HTTPS
+    tls_key: Path | None = None
+    cors_origins: list[str] = []  # other origins (scheme://host[:port]) allowed to call the API
+
+    # -- limits ----------------------------------------------------------------------------
+    max_sessions: int = Field(4, ge=1)  # beyond it, POST /offer answers 503 with Retry-After
+    retry_after_s: int = Field(30, ge=1)
+    idle_timeout_s: float = Field(10.0, gt=0)  # no packet from the peer for this long ends a session
+    max_session_s: float = Field(12 * 3600.0, gt=0)  # a session is ended after this long
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # an uploaded avatar image
+    max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_uploads: int = Field(16, ge=1)  # uploaded avatars kept; the oldest is forgotten beyond it
+
+    # -- fault isolation -------------------------------------------------------------------
+    hang_timeout_s: float = Field(3.0, gt=0)  # a generate() call longer than this is a hang
+    failures_before_fallback: int = Field(3, ge=1)  # failed frames in a row that switch a session
+    fallback_backends: list[str] = ["mesh", "passthrough"]  # tried in order; never the failing one

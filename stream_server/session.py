@@ -12,10 +12,12 @@ import asyncio
 import collections
 import logging
 import math
+import threading
 import time
 import uuid
 from fractions import Fraction
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import av
 import cv2
@@ -38,7 +40,7 @@ from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
 from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
 from stream_server.stages import SlotTimes, TraceWriter, stage_durations
 from stream_server.stats import SessionStats
-from stream_server.worker import BackendWorker, JobResult
+from stream_server.worker import BackendHung, BackendWorker, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,19 @@ BLANK_GREY = 32
 
 class OfferError(ValueError):
     """The offer cannot be answered; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    idle_timeout_s: float = 10.0  # no packet (RTP or RTCP) from the peer for this long ends it
+    max_session_s: float = 12 * 3600.0
+    failures_before_fallback: int = 3  # failed frames in a row that switch to the fallback
+
+
+# (failed backend name, options) -> the fallback's backend, worker and prepared avatar, or None
+Replacement = tuple[Backend, BackendWorker, Avatar]
+FallbackProvider = Callable[[str, SessionOptions], Awaitable[Replacement | None]]
+WATCH_INTERVAL_S = 0.5
 
 
 class CameraIn:
@@ -85,6 +100,8 @@ class Session:
         min_budget_s: float,
         ice_servers: list[dict[str, Any]] | None = None,
         trace: TraceWriter | None = None,
+        limits: SessionLimits | None = None,
+        fallback: FallbackProvider | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.options = options
@@ -113,6 +130,13 @@ class Session:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.events: collections.deque[str] = collections.deque(maxlen=20)
+        self.events_total = 0  # events ever added (the deque keeps the last 20)
+        self.limits = limits or SessionLimits()
+        self.last_heard = time.monotonic()  # the last RTP or RTCP packet from the peer
+        self.fallbacks: list[dict[str, str]] = []  # {"from", "to", "reason"}, in order
+        self._fallback = fallback
+        self._failures_in_row = 0
+        self._switching = False
         self._wake = asyncio.Event()
         self._scheduler_started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,7 +147,8 @@ class Session:
             assert self.size is not None
             self._base = fit_cover(avatar.image, *self.size)
         self._blank = self._blank_frame() if self.size else np.zeros((0, 0, 3), np.uint8)
-        self._camera_cache: tuple[int, np.ndarray] | None = None
+        self._camera_cache: tuple[av.VideoFrame, np.ndarray] | None = None
+        self._camera_lock = threading.Lock()
         self._slot_times: dict[int, SlotTimes] = {}  # slots handed to the backend, not yet sent
         self._jobs: dict[int, asyncio.Future[JobResult]] = {}  # slots at the backend
         self._trace = trace
@@ -139,7 +164,8 @@ class Session:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except Exception as exc:
-            raise OfferError(f"the offer could not be applied: {exc}") from exc
+            detail = str(exc) or f"the SDP is malformed ({type(exc).__name__})"
+            raise OfferError(f"the offer could not be applied: {detail}") from exc
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "video" not in kinds:
             raise OfferError("the offer has no video section, so the avatar cannot be sent back; add a video transceiver")
@@ -151,8 +177,44 @@ class Session:
         )
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        self._listen_for_packets()
         self._tasks.append(asyncio.create_task(self._drive(), name=f"drive-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._watch(), name=f"watch-{self.id}"))
         return self.pc.localDescription
+
+    def _listen_for_packets(self) -> None:
+        """Note the time of every RTP and RTCP packet from the peer. A peer that only receives
+        still sends RTCP receiver reports about once a second, so silence means it is gone."""
+        transports = {id(t.receiver.transport): t.receiver.transport for t in self.pc.getTransceivers()}
+        for transport in transports.values():
+            on_rtp, on_rtcp = transport._handle_rtp_data, transport._handle_rtcp_data
+
+            async def heard_rtp(data: bytes, arrival_time_ms: int, on_rtp: Any = on_rtp) -> None:
+                self.last_heard = time.monotonic()
+                await on_rtp(data, arrival_time_ms=arrival_time_ms)
+
+            async def heard_rtcp(data: bytes, on_rtcp: Any = on_rtcp) -> None:
+                self.last_heard = time.monotonic()
+                await on_rtcp(data)
+
+            transport._handle_rtp_data, transport._handle_rtcp_data = heard_rtp, heard_rtcp
+
+    async def _watch(self) -> None:
+        """End the session when the peer has gone quiet or the session has run its maximum time."""
+        limits = self.limits
+        while not self.closed.is_set():
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            if now - self.last_heard > limits.idle_timeout_s:
+                asyncio.create_task(self.close(
+                    f"nothing heard from the peer for {limits.idle_timeout_s:g} s (tab closed or network lost)"
+                ))
+                return
+            if now - self.created > limits.max_session_s:
+                asyncio.create_task(self.close(
+                    f"the session reached its maximum duration ({limits.max_session_s:g} s); start a new one"
+                ))
+                return
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         consume = self._consume_audio if track.kind == "audio" else self._consume_video
@@ -235,25 +297,34 @@ class Session:
         time_s = self.scheduler.slot_time(slot)
         audio = self.audio_in.window(time_s, self.backend.context_s, self.backend.lookahead_s)
         camera = self.camera.at(self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
+        avatar = self.avatar
 
         def build() -> FrameJob:  # runs in the worker thread
-            return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), self.avatar)
+            return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), avatar)
 
+        backend = self.backend
         self._slot_times[slot] = SlotTimes(dispatched=MediaClock.wall_now())
         future = self.worker.submit(build)
         self._jobs[slot] = future
-        future.add_done_callback(lambda done: self._on_result(slot, done))
+        future.add_done_callback(lambda done: self._on_result(slot, done, backend))
 
-    def _on_result(self, slot: int, future: asyncio.Future[JobResult]) -> None:
+    def _on_result(self, slot: int, future: asyncio.Future[JobResult], backend: Backend) -> None:
         self._jobs.pop(slot, None)
         if future.cancelled() or self.closed.is_set():
             return
         now = self.clock.media_now()
         error = future.exception()
-        if error is not None:
+        if error is not None and backend is not self.backend:
+            self.scheduler.failed(slot, now)  # a job of the backend this session has already left
+        elif error is not None:
             self.scheduler.failed(slot, now)
-            self.add_event(f"backend {self.backend.name} failed on a frame: {error}")
+            self._failures_in_row += 1
+            if self._failures_in_row == 1:
+                self.add_event(f"backend {self.backend.name} failed on a frame: {error}")
+            if isinstance(error, BackendHung) or self._failures_in_row >= self.limits.failures_before_fallback:
+                self._start_fallback(str(error), hung=isinstance(error, BackendHung))
         else:
+            self._failures_in_row = 0
             result = future.result()
             # the scheduler plans with what a job really costs the worker, building included
             self.scheduler.completed(slot, result.frame, now, result.service_s)
@@ -270,13 +341,48 @@ class Session:
             return self._base
         if camera is None:
             return self._blank
-        cached = self._camera_cache
-        if cached is not None and cached[0] == id(camera):
-            return cached[1]
-        assert self.size is not None
-        rgb = video_frame_to_rgb(camera, *self.size)
-        self._camera_cache = (id(camera), rgb)
-        return rgb
+        # the worker and the compose thread may both want the same frame: PyAV must not convert
+        # one frame in two threads at once (it crashed doing so), and once is enough anyway
+        with self._camera_lock:
+            cached = self._camera_cache
+            if cached is not None and cached[0] is camera:
+                return cached[1]
+            assert self.size is not None
+            rgb = video_frame_to_rgb(camera, *self.size)
+            self._camera_cache = (camera, rgb)  # the frame itself, so its id cannot be reused
+            return rgb
+
+    def _start_fallback(self, reason: str, hung: bool) -> None:
+        if self._switching or self.closed.is_set():
+            return
+        self._switching = True
+        self._tasks.append(asyncio.create_task(self._fall_back(reason, hung), name=f"fallback-{self.id}"))
+
+    async def _fall_back(self, reason: str, hung: bool) -> None:
+        """Move this session onto the fallback backend; other sessions are not touched."""
+        failed = self.backend
+        replacement = None
+        if self._fallback is not None:
+            try:
+                replacement = await self._fallback(failed.name, self.options)
+            except Exception:
+                log.exception("session %s: no fallback for %s", self.id, failed.name)
+        if self.closed.is_set():
+            return
+        if replacement is None:
+            asyncio.create_task(self.close(f"backend {failed.name} failed ({reason}) and no fallback backend could take over"))
+            return
+        backend, worker, avatar = replacement
+        self.backend, self.worker, self.avatar = backend, worker, avatar
+        self.stats.backend = backend.name
+        self.fallbacks.append({"from": failed.name, "to": backend.name, "reason": reason})
+        self.add_event(f"backend {failed.name} failed ({reason}): this session continues on {backend.name}")
+        self._failures_in_row = 0
+        self._switching = False
+        if not hung:
+            # forget the stream in the failed backend, off the loop (it may be slow to answer)
+            asyncio.get_running_loop().run_in_executor(None, failed.close_stream, self.id)
+        self._wake.set()
 
     # -- outbound media --------------------------------------------------------------------
     async def next_video_frame(self) -> av.VideoFrame:
@@ -367,9 +473,10 @@ class Session:
     def add_event(self, message: str) -> None:
         log.warning("session %s: %s", self.id, message)
         self.events.append(message)
+        self.events_total += 1
 
     def snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot(
+        snapshot = self.stats.snapshot(
             avatar=self.options.avatar,
             counts=self.scheduler.counts.as_dict(),
             delay_s=self.scheduler.config.delay_s,
@@ -378,6 +485,8 @@ class Session:
             backend_stats=self.backend.stream_stats(self.id),
             uptime_s=time.monotonic() - self.created,
         )
+        snapshot["fallbacks"] = list(self.fallbacks)
+        return snapshot
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed.is_set():

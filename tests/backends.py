@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Sequence
 
@@ -44,3 +45,41 @@ class BrokenBackend(SlowBackend):
         if self.mode == "raise":
             raise RuntimeError("model exploded")
         return [np.zeros((4, 4, 3), np.uint8) for _ in jobs]  # wrong shape
+
+
+class FaultAfterBackend(SlowBackend):
+    """Works for ``after`` frames of each stream, then fails as ``mode`` says: ``raise``, ``hang``
+    (blocks until ``release`` is set: as good as forever for a session) or ``shape`` (frames of
+    the wrong size)."""
+
+    name = "faulty"
+    delay_s = 0.0
+    batches: list[int] = []
+    after = 25
+    mode = "raise"
+    release = threading.Event()
+    frames: dict[str, int] = {}
+
+    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        for job in jobs:
+            type(self).frames[job.stream_id] = type(self).frames.get(job.stream_id, 0) + 1
+        if any(type(self).frames[job.stream_id] > self.after for job in jobs):
+            if self.mode == "raise":
+                raise RuntimeError("model exploded mid-stream")
+            if self.mode == "hang":
+                type(self).release.wait()
+            if self.mode == "shape":
+                return [np.zeros((8, 8, 3), np.uint8) for _ in jobs]
+        return super().generate(jobs)
+
+    def close_stream(self, stream_id: str) -> None:
+        type(self).frames.pop(stream_id, None)
+
+
+class FailingLoadBackend(SlowBackend):
+    """A backend whose load() fails: it must be listed as unavailable with the reason."""
+
+    name = "badload"
+
+    def load(self) -> None:
+        raise OSError("weights file /models/badload.onnx is truncated")

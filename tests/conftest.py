@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -16,6 +16,8 @@ TEST_BACKENDS = {
     "slow": "tests.backends:SlowBackend",
     "batching": "tests.backends:BatchingBackend",
     "broken": "tests.backends:BrokenBackend",
+    "faulty": "tests.backends:FaultAfterBackend",
+    "badload": "tests.backends:FailingLoadBackend",
 }
 
 
@@ -25,19 +27,36 @@ class Live:
     server: Server
 
 
+StartServer = Callable[..., Awaitable[Live]]
+
+
 @pytest.fixture
-async def live(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Live]:
-    """The real app on a free loopback port; the test backends are registered too."""
+async def start_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StartServer]:
+    """Starts the real app on a free loopback port with the given settings; the test backends
+    are registered too. Every server started is shut down after the test."""
     monkeypatch.setattr(registry, "BACKENDS", {**registry.BACKENDS, **TEST_BACKENDS})
-    app = create_app(Settings(port=0))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runners: list[web.AppRunner] = []
+
+    async def start(**settings: Any) -> Live:
+        app = create_app(Settings(port=0, **settings))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return Live(f"http://127.0.0.1:{runner.addresses[0][1]}", app[SERVER])
+
     try:
-        yield Live(f"http://127.0.0.1:{runner.addresses[0][1]}", app[SERVER])
+        yield start
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def live(start_server: StartServer) -> Live:
+    """The real app on a free loopback port, default settings; the test backends are registered too."""
+    return await start_server()
 
 
 @pytest.fixture

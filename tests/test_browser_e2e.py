@@ -78,16 +78,29 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
     """The streaming server as a subprocess on a free loopback port."""
+    yield from _serve(tmp_path_factory, [])
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tmp_path_factory) -> Server:
+    """A server that wants a token and takes one session at a time."""
+    yield from _serve(tmp_path_factory, ["--token", GUARD_TOKEN, "--max-sessions", "1", "--backend", "passthrough"])
+
+
+GUARD_TOKEN = "browser-test-token"
+
+
+def _serve(tmp_path_factory, extra: list[str]):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "stream_server", "serve", "--port", str(port), "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "stream_server", "serve", "--port", str(port), "--host", "127.0.0.1", *extra]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     srv = Server(proc, port, log_path)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while _http_status(f"{srv.url}/healthz") != 200:
+        while _http_status(f"{srv.url}/healthz") not in (200, 401):
             if proc.poll() is not None:
                 pytest.fail(
                     f"server exited with code {proc.returncode} before /healthz answered:\n"
@@ -313,3 +326,46 @@ def test_server_refusal_is_shown(browser, server):
     # The page cleaned up: no peer connection, start enabled again.
     assert browser.execute_script("return window.lipsync.pc") is None
     assert browser.find_element(By.ID, "start").is_enabled()
+
+
+def test_token_prompt_and_full_server_are_shown(browser, guarded_server):
+    """The page asks for the token, then loads; a full server's 503 is shown with its retry time."""
+    import asyncio
+    import threading
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from benchmarks.synthetic_peer import PeerRun, run_peer
+
+    browser.get(guarded_server.url + "/")
+    WebDriverWait(browser, 10).until(lambda d: "access token" in _text(d, "error"), message="no token prompt")
+    assert browser.find_element(By.ID, "token-field").is_displayed()
+    assert not browser.find_element(By.ID, "start").is_enabled()
+    token = browser.find_element(By.ID, "token")
+    token.send_keys(GUARD_TOKEN, Keys.ENTER)
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script("return document.getElementById('backend').options.length > 0"),
+        message="the pickers were not filled once the token was given",
+    )
+    assert _text(browser, "error") == "" and browser.find_element(By.ID, "start").is_enabled()
+
+    # another client takes the only session
+    occupant = PeerRun()
+    headers = {"Authorization": f"Bearer {GUARD_TOKEN}"}
+    thread = threading.Thread(target=lambda: asyncio.run(run_peer(guarded_server.url, 12.0, {"backend": "passthrough"}, headers=headers, run=occupant)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while occupant.status != 200:
+            assert time.monotonic() < deadline and occupant.status in (0, 200), occupant.answer
+            time.sleep(0.1)
+        browser.find_element(By.ID, "start").click()
+        WebDriverWait(browser, CONNECT_TIMEOUT_S).until(lambda d: _text(d, "error") != "", message="no error for a full server")
+        error = _text(browser, "error")
+        print("error shown:", error)
+        assert "server is full" in error and "retry after 30 s" in error, error
+        assert browser.execute_script("return window.lipsync.pc") is None
+    finally:
+        thread.join(timeout=30)

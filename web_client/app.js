@@ -59,8 +59,19 @@ function authHeaders() {
 
 async function getJSON(path) {
   const res = await fetch(path, { headers: authHeaders() });
-  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  if (!res.ok) {
+    let detail = '';
+    try { detail = (await res.json()).error || ''; } catch (_) { /* not JSON */ }
+    throw Object.assign(new Error(`${path}: HTTP ${res.status}${detail ? ` (${detail})` : ''}`), { status: res.status });
+  }
   return res.json();
+}
+
+// Adds the access token to a URL the browser fetches by itself (images, WebSockets).
+function withToken(url) {
+  const token = $('token').value.trim();
+  if (!token) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
 }
 
 // Reads {error, valid} from a failed response; falls back to the status line.
@@ -70,6 +81,13 @@ async function serverError(res) {
   let msg = (body && body.error) || `Server answered HTTP ${res.status} ${res.statusText}`;
   if (body && Array.isArray(body.valid) && body.valid.length) {
     msg += ` (valid values: ${body.valid.join(', ')})`;
+  }
+  if (res.status === 503 && res.headers.get('Retry-After')) {
+    msg += ` (retry after ${res.headers.get('Retry-After')} s)`;
+  }
+  if (res.status === 401) {
+    $('token-field').hidden = false;
+    msg += ' Type the access token you were given into the Access token field.';
   }
   return `The server refused the session: ${msg}`;
 }
@@ -117,17 +135,31 @@ function updateAvatarThumb() {
   const img = $('avatar-thumb');
   const url = opt && opt.dataset.url;
   img.hidden = !url;
-  if (url) img.src = url; else img.removeAttribute('src');
+  if (url) img.src = withToken(url); else img.removeAttribute('src');
 }
 
 async function loadChoices() {
-  const [config, backends, avatars] = await Promise.all([
-    getJSON('/config').catch(() => null),
-    getJSON('/backends'),
-    getJSON('/avatars'),
-  ]);
+  let config, backends, avatars;
+  try {
+    [config, backends, avatars] = await Promise.all([
+      getJSON('/config'), getJSON('/backends'), getJSON('/avatars'),
+    ]);
+  } catch (err) {
+    if (err.status === 401) { // the server wants the access token: ask for it, then load again
+      $('token-field').hidden = false;
+      $('start').disabled = true;
+      showError('This server needs an access token. Type it into the Access token field ' +
+        '(press Enter) to load the avatars and backends.');
+      $('token').focus();
+      return;
+    }
+    throw err;
+  }
+  showError('');
+  $('start').disabled = false;
   if (config) Object.assign(state.config, config);
   $('token-field').hidden = !state.config.token_required;
+  $('upload-field').hidden = false;
 
   // Backends: unavailable ones stay visible but disabled, with the reason as tooltip.
   const list = backends.backends || [];
@@ -235,7 +267,7 @@ async function start() {
     if (!res.ok) throw Object.assign(new Error(await serverError(res)), { userMessage: true });
     const answer = await res.json();
     if (state.pc !== pc) { // stopped while the offer was in flight: release the server session
-      fetch(`/sessions/${encodeURIComponent(answer.session_id)}`, { method: 'DELETE' }).catch(() => {});
+      fetch(`/sessions/${encodeURIComponent(answer.session_id)}`, { method: 'DELETE', headers: authHeaders() }).catch(() => {});
       return;
     }
     state.sessionId = answer.session_id;
@@ -309,9 +341,7 @@ async function stop({ keepError = false, keepStatus = false } = {}) {
 
 function openStatsSocket(sessionId) {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  let url = `${proto}//${location.host}/ws/stats?session=${encodeURIComponent(sessionId)}`;
-  const token = $('token').value.trim();
-  if (token) url += `&token=${encodeURIComponent(token)}`;
+  const url = withToken(`${proto}//${location.host}/ws/stats?session=${encodeURIComponent(sessionId)}`);
   const ws = new WebSocket(url);
   state.ws = ws;
   let failed = false;
@@ -325,6 +355,9 @@ function openStatsSocket(sessionId) {
       logEvent(msg.message);
     } else if (msg.type === 'closed') {
       logEvent(`server closed the session${msg.reason ? `: ${msg.reason}` : ''}`);
+      if (state.running && msg.reason && msg.reason !== 'closed by the client') {
+        showError(`The server ended the session: ${msg.reason}`);
+      }
     }
   });
   ws.addEventListener('error', () => {
@@ -344,6 +377,9 @@ function renderServerStats(s) {
   const frames = s.frames || {};
   const lat = s.latency_ms || {};
   setText('stat-fps-out', fmt(s.fps_out, 1));
+  const fallbacks = s.fallbacks || [];
+  setText('stat-backend', fallbacks.length ? `${s.backend} (fallback: ${fallbacks[fallbacks.length - 1].from} failed)` : fmt(s.backend));
+  $('stat-backend').dataset.fallback = fallbacks.length ? 'yes' : 'no';
   setText('stat-generated', fmt(frames.generated));
   setText('stat-interpolated', fmt(frames.interpolated));
   setText('stat-repeated', fmt(frames.repeated));
@@ -399,6 +435,34 @@ async function pollBrowserStats() {
   setText('stat-frames-dropped', fmt(out.framesDropped));
 }
 
+// ---------------------------------------------------------------------------- upload
+
+async function uploadAvatar() {
+  const file = $('upload').files[0];
+  if (!file) return;
+  showError('');
+  const stem = file.name.replace(/\.[^.]*$/, '').replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 32) || 'upload';
+  try {
+    const res = await fetch(`/avatars?name=${encodeURIComponent(stem)}`, {
+      method: 'POST', headers: { 'Content-Type': file.type || 'application/octet-stream', ...authHeaders() }, body: file,
+    });
+    let body = null;
+    try { body = await res.json(); } catch (_) { /* not JSON */ }
+    if (!res.ok) {
+      showError(`The photo was not accepted: ${(body && body.error) || `HTTP ${res.status}`}`);
+      return;
+    }
+    logEvent(`uploaded avatar ${body.avatar.name} (${body.width}x${body.height})`);
+    await loadChoices();
+    $('avatar').value = body.avatar.name;
+    updateAvatarThumb();
+  } catch (err) {
+    showError(`The upload failed: ${err.message || err}`);
+  } finally {
+    $('upload').value = '';
+  }
+}
+
 // ---------------------------------------------------------------------------- wiring
 
 $('controls').addEventListener('submit', (ev) => ev.preventDefault()); // Enter must not reload
@@ -406,6 +470,8 @@ $('start').addEventListener('click', start);
 $('stop').addEventListener('click', () => stop());
 $('backend').addEventListener('change', updateBackendInfo);
 $('avatar').addEventListener('change', updateAvatarThumb);
+$('upload').addEventListener('change', uploadAvatar);
+$('token').addEventListener('change', () => { if (!state.running) loadChoices().catch((err) => showError(err.message)); });
 $('avatar-thumb').addEventListener('error', (ev) => { ev.target.hidden = true; });
 window.addEventListener('pagehide', () => { if (state.running) stop(); });
 
