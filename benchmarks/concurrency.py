@@ -49,7 +49,7 @@ async def measure(backend: str, avatar: str, sessions: int, seconds: float) -> d
     speech = load_audio(SPEECH, 48000)
     trace = Path(tempfile.mkdtemp()) / "trace.jsonl"
     port = free_port()
-    server = start_server(port, ["--trace", str(trace)])
+    server = start_server(port, ["--trace", str(trace), "--max-sessions", str(max(sessions, 4))])
     url = f"http://127.0.0.1:{port}"
     server_usage, peer_usage = UsageSampler(server.pid), UsageSampler(os.getpid())
     samplers = [asyncio.create_task(server_usage.run()), asyncio.create_task(peer_usage.run())]
