@@ -8,6 +8,7 @@ to the clip's audio by cross-correlation. Together they give the A/V offset at t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,7 @@ class SenderTime:
     def __init__(self, receiver: Any, clock_rate: int) -> None:
         self.clock_rate = clock_rate
         self.reports: list[tuple[float, int]] = []  # (sender NTP seconds, RTP timestamp)
+        self.report_arrivals: list[float] = []  # when each report arrived (monotonic)
         self.first_rtp: int | None = None
         handle_rtcp, handle_rtp = receiver._handle_rtcp_packet, receiver._handle_rtp_packet
 
@@ -116,6 +118,7 @@ class SenderTime:
             if isinstance(packet, RtcpSrPacket):
                 info = packet.sender_info
                 self.reports.append((info.ntp_timestamp / (1 << 32), info.rtp_timestamp))
+                self.report_arrivals.append(time.monotonic())
             await handle_rtcp(packet)
 
         async def on_rtp(packet: Any, arrival_time_ms: int) -> None:
@@ -125,10 +128,15 @@ class SenderTime:
 
         receiver._handle_rtcp_packet, receiver._handle_rtp_packet = on_rtcp, on_rtp
 
-    def __call__(self, pts: int) -> float:
-        """Sender time (s) of the frame with decoded pts ``pts``, by the last sender report."""
+    def __call__(self, pts: int, arrival: float | None = None) -> float:
+        """Sender time (s) of the frame with decoded pts ``pts``, by the last sender report that
+        had arrived by ``arrival`` (the first one if none had; the very last if not given): a
+        report sent while the stream stalls maps later times to the stalled timestamp."""
         assert self.first_rtp is not None and self.reports, "no sender report received"
-        ntp, rtp = self.reports[-1]
+        index = len(self.reports) - 1
+        if arrival is not None:
+            index = max(0, bisect.bisect_right(self.report_arrivals, arrival) - 1)
+        ntp, rtp = self.reports[index]
         rtp_of_frame = (self.first_rtp + pts) % (1 << 32)
         ticks = (rtp_of_frame - rtp + (1 << 31)) % (1 << 32) - (1 << 31)
         return ntp + ticks / self.clock_rate
@@ -227,14 +235,14 @@ def av_offsets(received: Received, clip: Path, clip_fps: float) -> np.ndarray:
     origin = int(np.argmax(np.abs(corr))) - 48000 // 2  # received sample index of source time 0
     video_time, audio_time = received.sender_time["video"], received.sender_time["audio"]
     offsets = []
-    for _, pts, rgb in received.video:
+    for arrival, pts, rgb in received.video:
         index = read_stamp(rgb)
         sample = origin + round(index / clip_fps * 48000)
         chunk = int(np.searchsorted(starts, sample, side="right")) - 1
         if 0 <= chunk < len(received.audio) and index > 0:
-            _, audio_pts, _ = received.audio[chunk]
-            audio_s = audio_time(audio_pts) + (sample - starts[chunk]) / 48000
-            offsets.append(video_time(pts) - audio_s)
+            audio_arrival, audio_pts, _ = received.audio[chunk]
+            audio_s = audio_time(audio_pts, audio_arrival) + (sample - starts[chunk]) / 48000
+            offsets.append(video_time(pts, arrival) - audio_s)
     return np.asarray(offsets)
 
 
@@ -339,3 +347,47 @@ async def _run_session(
         async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
             assert response.status == 200
     await pc.close()
+
+
+async def whip_publish(
+    base_url: str, channel: str, tracks: list[MediaStreamTrack], token: str | None = None
+) -> tuple[RTCPeerConnection, str]:
+    """Publish ``tracks`` to a channel over WHIP (as OBS does): returns the peer and the
+    resource URL to DELETE when done."""
+    pc = RTCPeerConnection()
+    for track in tracks:
+        pc.addTransceiver(track, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {token}"} if token else {})}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/whip/{channel}", data=pc.localDescription.sdp, headers=headers) as response:
+            body = await response.text()
+            if response.status != 201:
+                await pc.close()
+                raise AssertionError(f"WHIP POST answered {response.status}: {body}")
+            location = response.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+    return pc, base_url + location
+
+
+async def whep_play(base_url: str, channel: str, received: Received, token: str | None = None) -> tuple[RTCPeerConnection, str, list[asyncio.Task[None]]]:
+    """Play a channel over WHEP into ``received``: returns the peer, the resource URL to DELETE,
+    and the recording tasks (cancel them when done)."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    tasks: list[asyncio.Task[None]] = []
+    pc.on("track", lambda track: tasks.append(asyncio.create_task(_record(track, received))))
+    await pc.setLocalDescription(await pc.createOffer())
+    for transceiver in pc.getTransceivers():
+        received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, 90000 if transceiver.kind == "video" else 48000)
+    headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {token}"} if token else {})}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/whep/{channel}", data=pc.localDescription.sdp, headers=headers) as response:
+            body = await response.text()
+            if response.status != 201:
+                await pc.close()
+                raise AssertionError(f"WHEP POST answered {response.status}: {body}")
+            location = response.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+    return pc, base_url + location, tasks

@@ -157,8 +157,9 @@ class Session:
             self.add_event(avatar.notice)
 
     # -- signalling ------------------------------------------------------------------------
-    async def accept(self, sdp: str, kind: str) -> RTCSessionDescription:
-        """Apply the browser's offer and return our answer."""
+    async def accept(self, sdp: str, kind: str, send_back: bool = True) -> RTCSessionDescription:
+        """Apply the peer's offer and return our answer. With ``send_back`` False (a channel's
+        producer) the output goes to the channel's viewers, not back to this peer."""
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
         try:
@@ -167,11 +168,14 @@ class Session:
             detail = str(exc) or f"the SDP is malformed ({type(exc).__name__})"
             raise OfferError(f"the offer could not be applied: {detail}") from exc
         kinds = {t.kind for t in self.pc.getTransceivers()}
-        if "video" not in kinds:
-            raise OfferError("the offer has no video section, so the avatar cannot be sent back; add a video transceiver")
-        self.pc.addTrack(self.video_out)
-        if "audio" in kinds:
-            self.pc.addTrack(self.audio_out)
+        if send_back:
+            if "video" not in kinds:
+                raise OfferError("the offer has no video section, so the avatar cannot be sent back; add a video transceiver")
+            self.pc.addTrack(self.video_out)
+            if "audio" in kinds:
+                self.pc.addTrack(self.audio_out)
+        elif "audio" not in kinds:
+            raise OfferError("the offer has no audio section: a channel's producer must send its microphone")
         self.expects_audio = any(
             t.kind == "audio" and t.direction in ("sendrecv", "recvonly") for t in self.pc.getTransceivers()
         )
