@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="another origin (https://host[:port]) allowed to call the API (repeatable)")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-sessions", type=int, default=None, help="sessions at once; beyond it new ones get 503 (default 4)")
+    limits.add_argument("--max-viewers", type=int, default=None, help="WHEP viewers per channel; each costs one video encode (default 16)")
     limits.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="end a session after this many seconds without a packet from its peer (default 10)")
     limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
     serve.add_argument("--channel", action="append", default=[], metavar="NAME", help="create a channel at start-up (WHIP in at /whip/NAME, WHEP out at /whep/NAME, viewer page /view/NAME) with the default backend and avatar (repeatable)")
@@ -93,6 +94,7 @@ def serve(args: argparse.Namespace) -> int:
             "tls_cert": args.tls_cert,
             "tls_key": args.tls_key,
             "max_sessions": args.max_sessions,
+            "max_viewers": args.max_viewers,
             "idle_timeout_s": args.idle_timeout,
             "max_session_s": args.max_session_duration,
         }.items()
