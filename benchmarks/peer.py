@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urljoin
 
 import aiohttp
 import numpy as np
@@ -358,16 +359,7 @@ async def whip_publish(
     for track in tracks:
         pc.addTransceiver(track, direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
-    headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/whip/{channel}", data=pc.localDescription.sdp, headers=headers) as response:
-            body = await response.text()
-            if response.status != 201:
-                await pc.close()
-                raise AssertionError(f"WHIP POST answered {response.status}: {body}")
-            location = response.headers["Location"]
-    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
-    return pc, base_url + location
+    return pc, await _post_sdp_offer(pc, f"{base_url}/whip/{channel}", token)
 
 
 async def whep_play(base_url: str, channel: str, received: Received, token: str | None = None) -> tuple[RTCPeerConnection, str, list[asyncio.Task[None]]]:
@@ -381,13 +373,19 @@ async def whep_play(base_url: str, channel: str, received: Received, token: str 
     await pc.setLocalDescription(await pc.createOffer())
     for transceiver in pc.getTransceivers():
         received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, 90000 if transceiver.kind == "video" else 48000)
+    return pc, await _post_sdp_offer(pc, f"{base_url}/whep/{channel}", token), tasks
+
+
+async def _post_sdp_offer(pc: RTCPeerConnection, url: str, token: str | None) -> str:
+    """WHIP / WHEP signalling: POST the local offer as application/sdp, apply the answer, and
+    return the resource URL (closes the peer and raises AssertionError if refused)."""
     headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {token}"} if token else {})}
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/whep/{channel}", data=pc.localDescription.sdp, headers=headers) as response:
+        async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
             body = await response.text()
             if response.status != 201:
                 await pc.close()
-                raise AssertionError(f"WHEP POST answered {response.status}: {body}")
+                raise AssertionError(f"POST {url} answered {response.status}: {body}")
             location = response.headers["Location"]
     await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
-    return pc, base_url + location, tasks
+    return urljoin(url, location)

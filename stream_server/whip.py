@@ -56,6 +56,15 @@ def _channel(request: web.Request) -> Channel | web.Response:
     return channel
 
 
+async def _channel_and_offer(request: web.Request) -> tuple[Channel, str] | web.Response:
+    """The channel a WHIP / WHEP POST names and its SDP offer, or the error response."""
+    channel = _channel(request)
+    if isinstance(channel, web.Response):
+        return channel
+    sdp = await _offer_text(request)
+    return sdp if isinstance(sdp, web.Response) else (channel, sdp)
+
+
 async def _offer_text(request: web.Request) -> str | web.Response:
     if request.content_type != SDP:
         return _error(415, f"the offer must be sent as Content-Type: {SDP} (got {request.content_type or 'none'})")
@@ -71,12 +80,10 @@ def _created(answer: str, location: str) -> web.Response:
 
 # -- WHIP: the producer ----------------------------------------------------------------------
 async def whip_post(request: web.Request) -> web.Response:
-    channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
-    sdp = await _offer_text(request)
-    if isinstance(sdp, web.Response):
-        return sdp
+    found = await _channel_and_offer(request)
+    if isinstance(found, web.Response):
+        return found
+    channel, sdp = found
     if channel.producer is not None:
         return _error(409, f"channel {channel.name!r} already has a producer; DELETE its resource "
                            f"(/whip/{channel.name}/{channel.producer_resource}) or wait for it to end")
@@ -128,12 +135,10 @@ async def no_trickle(request: web.Request) -> web.Response:
 
 # -- WHEP: the viewers -----------------------------------------------------------------------
 async def whep_post(request: web.Request) -> web.Response:
-    channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
-    sdp = await _offer_text(request)
-    if isinstance(sdp, web.Response):
-        return sdp
+    found = await _channel_and_offer(request)
+    if isinstance(found, web.Response):
+        return found
+    channel, sdp = found
     server = _server(request)
     if len(channel.viewers) >= server.settings.max_viewers:
         return _error(503, f"channel {channel.name!r} has its maximum of {server.settings.max_viewers} viewers",
