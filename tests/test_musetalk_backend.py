@@ -1,0 +1,102 @@
+"""MuseTalk end to end on CPU with a tiny checkpoint set in the official layout: ``export
+musetalk`` (ONNX checked against PyTorch), the backend through ONNX Runtime, ``render``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from engines.base import AudioWindow, FrameJob  # noqa: E402
+from engines.musetalk.export import FILES, TOLERANCE  # noqa: E402
+from engines.musetalk.tiny import write_tiny_set  # noqa: E402
+from engines.registry import BackendRegistry  # noqa: E402
+from stream_server.avatars import BUNDLED, read_image  # noqa: E402
+from stream_server.frames import fit_cover  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stream_server", *args], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A tiny set exported through the command line, once for the module."""
+    models = write_tiny_set(tmp_path_factory.mktemp("models"))
+    env = {"LIPSYNC_MODELS_DIR": str(models)}
+    before = cli("doctor", "--json", env=env)
+    musetalk = next(b for b in json.loads(before.stdout)["backends"] if b["name"] == "musetalk")
+    assert not musetalk["available"] and "not exported" in musetalk["reason"]
+    result = cli("export", "musetalk", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return models, result.stdout
+
+
+def test_export_checks_every_model_against_pytorch(exported: tuple[Path, str]) -> None:
+    models, stdout = exported
+    report = json.loads((models / "musetalk-onnx" / "export.json").read_text())
+    assert report["opset"] >= 17 and report["audio_tokens"] == 50 and report["latent_size"] == 32
+    for name in FILES:
+        assert (models / "musetalk-onnx" / name).is_file()
+        assert f"{name[:-5]}: " in stdout and "max abs error vs PyTorch" in stdout
+        assert report["models"][name[:-5]]["max_abs_error"] <= TOLERANCE
+
+
+def test_export_of_a_broken_set_names_the_file(tmp_path: Path) -> None:
+    result = cli("export", "musetalk", "--models-dir", str(tmp_path), env={})
+    assert result.returncode == 2 and "musetalk: not found" in result.stderr and "TMElyralab/MuseTalk" in result.stderr
+
+
+def test_backend_lip_syncs_the_lower_face_only(exported: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    models, _ = exported
+    monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(models))
+    registry = BackendRegistry()
+    assert registry.info("musetalk").available, registry.info("musetalk").reason
+    backend = registry.get("musetalk")
+    assert registry.info("musetalk").typical_fps > 0
+    portrait = np.ascontiguousarray(fit_cover(read_image(BUNDLED["astronaut"]), 256, 256))
+    avatar = backend.prepare_avatar("astronaut", portrait)
+    x0, y0, x1, y1 = avatar.data["musetalk"].face.box
+    speech = (np.sin(np.arange(16000) * 0.05) * 0.3).astype(np.float32)
+    loud = AudioWindow(1.0, 0.8, 0.2, speech, np.zeros((100, 80), np.float32))
+    quiet = AudioWindow(1.0, 0.8, 0.2, np.zeros(16000, np.float32), np.zeros((100, 80), np.float32))
+    jobs = [FrameJob("s", i, i / 25, window, portrait, avatar) for i, window in enumerate([loud, loud, quiet])]
+    frames = backend.generate(jobs)
+    assert [f.shape for f in frames] == [portrait.shape] * 3 and all(f.dtype == np.uint8 for f in frames)
+    changed = np.abs(frames[0].astype(int) - portrait).max(axis=2) > 0
+    assert changed.any()  # random weights: the lower face is replaced by something
+    ridge = int(np.nonzero(changed.any(axis=1))[0].min())
+    assert ridge >= y0 and not changed[:, :x0].any() and not changed[:, x1:].any() and not changed[y1:].any()
+    assert ridge > (y0 + y1) / 2 - 0.15 * (y1 - y0)  # the upper face stays the avatar's own
+    np.testing.assert_array_equal(frames[0], frames[1])  # same audio, same frame
+    np.testing.assert_array_equal(frames[2], portrait)  # silence skips the models
+
+
+def test_render_with_musetalk_on_cpu(exported: tuple[Path, str], tmp_path: Path) -> None:
+    models, _ = exported
+    speech = tmp_path / "speech.wav"
+    pcm = (np.sin(np.arange(16000) * 0.05) * 8000 * (np.arange(16000) % 4000 < 2000)).astype(np.int16)
+    with wave.open(str(speech), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000), out.writeframes(pcm.tobytes())
+    out = tmp_path / "musetalk.mp4"
+    result = cli("render", "--backend", "musetalk", "--avatar", "astronaut", "--audio", str(speech),
+                 "-o", str(out), "--width", "256", "--height", "256", env={"LIPSYNC_MODELS_DIR": str(models)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 25 and summary["counts"]["generated"] == 25
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(container.streams.video[0])) == 25
