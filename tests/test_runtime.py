@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engines.runtime import ProviderChoiceError, engine_cache_key, select_providers
-from engines.runtime.session import ModelLoadError, ModelSession, shared_session
+from engines.runtime.session import ModelLoadError, ModelSession, shared_session, tensorrt_options
 
 torch = pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +108,16 @@ def test_doctor_reports_providers_gpu_backends_and_missing_weights(tmp_path: Pat
     musetalk = next(b for b in data["backends"] if b["name"] == "musetalk")
     assert not musetalk["available"] and "musetalkV15/unet.pth" in musetalk["reason"]
     assert data["musetalk_weights"]["onnx"]["unet.onnx"] is False
+
+
+def test_tensorrt_engines_are_cached_per_model_gpu_version_precision_and_shapes(tiny_onnx: tuple[Path, object], tmp_path: Path) -> None:
+    path, _ = tiny_onnx
+    shapes = {"x": ((1, 6), (8, 6))}
+    options, cache = tensorrt_options(path, True, shapes, "NVIDIA L4", "10.3", tmp_path)
+    assert cache.is_dir() and cache.parent == tmp_path and cache.name.startswith("tiny-")
+    assert options["trt_fp16_enable"] is True and options["trt_engine_cache_enable"] is True
+    assert options["trt_engine_cache_path"] == str(cache)
+    assert options["trt_profile_min_shapes"] == "x:1x6" and options["trt_profile_max_shapes"] == "x:8x6"
+    assert tensorrt_options(path, True, shapes, "NVIDIA L4", "10.3", tmp_path)[1] == cache  # reused next start
+    assert tensorrt_options(path, False, shapes, "NVIDIA L4", "10.3", tmp_path)[1] != cache
+    assert tensorrt_options(path, True, shapes, "NVIDIA H100", "10.3", tmp_path)[1] != cache

@@ -8,8 +8,9 @@ pasted back through a feathered lower-face mask.
 
 Portraits are prepared once (face box, crop, latents, mask). In camera mode each new camera
 frame is prepared in ``generate`` (FaceMesh + VAE encoder); a frame without a face goes out
-unchanged, counted in ``face_lost``. Silent frames (no audio above -80 dBFS) skip the models and
-return the base frame: the mouth closed as the avatar has it.
+unchanged, counted in ``face_lost``. Every frame with a face runs the models, silent ones too:
+the registry measures ``typical_fps`` on silence, so skipping silence would make the scheduler's
+budget optimistic (a cheap silence path needs a calibration on speech first).
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ from engines.musetalk.audio import CONTEXT_S, LOOKAHEAD_S, frame_features, frame
 from engines.musetalk.export import FILES, onnx_dir
 from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
 from engines.musetalk.weights import find_layout
-
-SILENCE_PEAK = 1e-4  # -80 dBFS
-
 
 def _missing_onnx() -> tuple[Path, list[Path]]:
     folder = onnx_dir(find_layout())
@@ -145,7 +143,7 @@ class MuseTalkBackend(Backend):
                     stream.face_lost += 1
             else:
                 prepared = job.avatar.data["musetalk"]
-            if prepared is None or not job.audio.pcm.size or float(np.abs(job.audio.pcm).max()) < SILENCE_PEAK:
+            if prepared is None:
                 frames[i] = job.base_frame
                 continue
             pcm = frame_window(job.audio.pcm, job.audio.before_s, job.audio.after_s)

@@ -8,6 +8,8 @@ machine does not have is an error that says what is available, never a silent fa
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 PROVIDER_ENV = "LIPSYNC_PROVIDER"
 
@@ -66,3 +68,25 @@ def select_providers(forced: str | None = None, available: list[str] | None = No
     if "cpu" not in chosen:
         chosen.append("cpu")
     return [PROVIDERS[name] for name in chosen]
+
+
+def tensorrt_version() -> str:
+    """The TensorRT version engines are built with (the tensorrt package's, else ONNX Runtime's)."""
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+
+        return str(tensorrt.__version__)
+    except Exception:
+        return f"onnxruntime-{onnxruntime_version()}"
+
+
+def gpu_name() -> str:
+    """The first NVIDIA GPU's name (nvidia-smi), or "none"."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "none"
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.strip().splitlines()[0] if out.strip() else "none"

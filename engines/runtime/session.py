@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from engines.runtime.providers import PROVIDERS, select_providers
+from engines.runtime.cache import engine_cache_key
+from engines.runtime.providers import PROVIDERS, gpu_name, select_providers, tensorrt_version
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ModelSession:
         fp16: bool = False,
         engine_cache_dir: Path | None = None,
         threads: int = 0,
+        max_batch: int = 8,
     ) -> None:
         import onnxruntime as ort
 
@@ -75,16 +77,17 @@ class ModelSession:
         if threads:
             options.intra_op_num_threads = threads
         provider_args: list[object] = []
+        self.engine_cache: Path | None = None
         for name in self.providers:
             if name == PROVIDERS["tensorrt"]:
-                cache = Path(engine_cache_dir or self.path.parent / "trt-cache")
-                cache.mkdir(parents=True, exist_ok=True)
-                provider_args.append((name, {
-                    "trt_fp16_enable": fp16,
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(cache),
-                    "trt_timing_cache_enable": True,
-                }))
+                shapes = _profile_shapes(ort, self.path, max_batch)
+                options, self.engine_cache = tensorrt_options(
+                    self.path, fp16, shapes, gpu_name(), tensorrt_version(), engine_cache_dir
+                )
+                if not any(self.engine_cache.iterdir()):
+                    log.warning("building the TensorRT engine for %s (first start only, can take minutes; cached in %s)",
+                                self.path.name, self.engine_cache)
+                provider_args.append((name, options))
             else:
                 provider_args.append(name)
         started = time.perf_counter()
@@ -141,6 +144,44 @@ class ModelSession:
                 binding.bind_output(name, "cuda")  # stays on the GPU until copied out below
             self.session.run_with_iobinding(binding)
             return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+
+def _profile_shapes(ort, path: Path, max_batch: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(min, max) shape of each input: dynamic dimensions from 1 to ``max_batch``."""
+    probe = ort.InferenceSession(str(path), providers=[PROVIDERS["cpu"]])
+    shapes = {}
+    for i in probe.get_inputs():
+        spec = TensorSpec(i.name, tuple(i.shape), i.type)
+        shapes[i.name] = (spec.concrete(), tuple(d if isinstance(d, int) else max_batch for d in spec.shape))
+    return shapes
+
+
+def tensorrt_options(
+    path: Path,
+    fp16: bool,
+    shapes: Mapping[str, tuple[Sequence[int], Sequence[int]]],
+    gpu: str,
+    trt_version: str,
+    cache_root: Path | None = None,
+) -> tuple[dict[str, object], Path]:
+    """TensorRT provider options and the engine cache folder of this exact build: one folder per
+    :func:`engine_cache_key` (model hash, GPU, TensorRT version, precision, shape profile)."""
+    precision = "fp16" if fp16 else "fp32"
+    key = engine_cache_key(path, gpu, trt_version, precision, {n: [*lo, *hi] for n, (lo, hi) in shapes.items()})
+    cache = Path(cache_root or Path(path).parent / "trt-cache") / f"{Path(path).stem}-{key}"
+    cache.mkdir(parents=True, exist_ok=True)
+    fmt = lambda which: ",".join(f"{n}:{'x'.join(map(str, dims[which]))}" for n, dims in shapes.items())  # noqa: E731
+    options: dict[str, object] = {
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": fmt(0),
+        "trt_profile_opt_shapes": fmt(1),
+        "trt_profile_max_shapes": fmt(1),
+    }
+    return options, cache
 
 
 _SHARED: dict[tuple[str, str | None, bool], ModelSession] = {}
