@@ -7,11 +7,10 @@ dimension, and ``export.json`` (the sizes and the error of each against PyTorch)
 is run by ONNX Runtime on the same random inputs as PyTorch and the largest absolute difference
 is printed; above ``TOLERANCE`` the export fails.
 
-Precision: the export is fp32. On TensorRT, ``--fp16`` builds the UNet and VAE decoder in fp16
-(TensorRT keeps normalisation and softmax accumulation in fp32); the Whisper encoder and VAE
-encoder stay fp32 (they are cheap: the encoder runs once per frame on 1 s of audio, the VAE
-encoder only when an avatar is prepared, and fp16 Whisper activations overflow in its last
-layers).
+Precision: the export is fp32. On TensorRT the plan is fp16 for the UNet and the VAE decoder (the
+costly part) and fp32 for the Whisper encoder and the VAE encoder (cheap: the encoder sees 1 s of
+audio per frame, the VAE encoder runs only when an avatar is prepared, so fp16 buys little there
+for an accuracy risk). Not yet measured on a GPU.
 """
 
 from __future__ import annotations
