@@ -133,3 +133,19 @@ def test_a_corrupt_exported_model_takes_only_musetalk_out(exported: tuple[Path, 
     info = registry.info("musetalk")
     assert not info.available and "unet.onnx" in info.reason
     assert registry.info("mesh").available
+
+
+def test_camera_mode_prepares_each_frame_and_counts_frames_without_a_face(exported: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    models, _ = exported
+    monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(models))
+    registry = BackendRegistry()
+    backend = registry.get("musetalk")
+    camera = backend.prepare_avatar("camera", None)
+    face = np.ascontiguousarray(fit_cover(read_image(BUNDLED["astronaut"]), 256, 256))
+    wall = np.full_like(face, 90)
+    speech = AudioWindow(1.0, 0.8, 0.2, (np.sin(np.arange(16000) * 0.05) * 0.3).astype(np.float32), np.zeros((100, 80), np.float32))
+    frames = backend.generate([FrameJob("cam", i, i / 25, speech, base, camera) for i, base in enumerate([face, wall, face])])
+    assert not np.array_equal(frames[0], face) and np.array_equal(frames[1], wall)
+    assert backend.stream_stats("cam") == {"face_lost": 1}
+    backend.close_stream("cam")
+    assert backend.stream_stats("cam") == {"face_lost": 0}

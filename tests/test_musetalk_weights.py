@@ -141,3 +141,20 @@ def test_streaming_window_and_frame_tokens() -> None:
     np.testing.assert_array_equal(tokens[-5:], hidden[45])
     pe = audio.positional_encoding(50, 384)
     assert pe.shape == (50, 384) and pe[0, 0] == 0.0 and pe[0, 1] == 1.0
+
+
+def test_large_models_keep_their_weights_in_one_external_data_file(tmp_path: Path) -> None:
+    from engines.musetalk.export import _export_one
+    from engines.runtime.session import ModelSession
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
+    x = torch.randn(3, 64)
+    path = tmp_path / "big.onnx"
+    _export_one(model, {"x": x}, "y", path, external_data_bytes=1000)  # as if over 2 GB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert path.stat().st_size < 5000 < (tmp_path / "big.onnx.data").stat().st_size
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(ModelSession(path, provider="cpu").run({"x": x.numpy()})["y"], expected, atol=1e-5)
+    _export_one(model, {"x": x}, "y", path)  # small again: one file, the old data file gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx"]

@@ -45,16 +45,41 @@ def onnx_dir(layout: Layout) -> Path:
     return layout.root / ONNX_DIR
 
 
-def _export_one(module, inputs: dict[str, "torch.Tensor"], output: str, path: Path) -> None:  # noqa: F821
+EXTERNAL_DATA_BYTES = 1_800_000_000  # past this the weights go to <name>.onnx.data (protobuf's limit is 2 GB)
+
+
+def _export_one(
+    module, inputs: dict[str, "torch.Tensor"], output: str, path: Path,  # noqa: F821
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+) -> None:
+    """Export to ``path``; weights over ``external_data_bytes`` go to one ``<name>.onnx.data``.
+
+    PyTorch's exporter writes a model over 2 GB as one file per tensor, so it exports into a
+    scratch folder and the model is saved again from there, with its weights in a single file.
+    """
+    import tempfile
+
+    import onnx
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {name: {0: "batch"} for name in [*inputs, output]}
-    with torch.no_grad():
-        torch.onnx.export(
-            module, tuple(inputs.values()), str(path), dynamo=False, opset_version=OPSET,
-            input_names=list(inputs), output_names=[output], dynamic_axes=axes, do_constant_folding=True,
-        )
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        first = Path(scratch) / path.name
+        with torch.no_grad():
+            torch.onnx.export(
+                module, tuple(inputs.values()), str(first), dynamo=False, opset_version=OPSET,
+                input_names=list(inputs), output_names=[output], dynamic_axes=axes, do_constant_folding=True,
+            )
+        model = onnx.load(str(first))  # with its external data, if any
+        weights = sum(len(t.raw_data) for t in model.graph.initializer)
+        data = path.with_name(path.name + ".data")
+        data.unlink(missing_ok=True)
+        if weights > external_data_bytes:
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name, size_threshold=1024)
+        else:
+            onnx.save_model(model, str(path))
 
 
 def _check(module, inputs: dict[str, "torch.Tensor"], path: Path) -> float:  # noqa: F821
