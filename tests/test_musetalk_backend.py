@@ -149,3 +149,39 @@ def test_camera_mode_prepares_each_frame_and_counts_frames_without_a_face(export
     assert backend.stream_stats("cam") == {"face_lost": 1}
     backend.close_stream("cam")
     assert backend.stream_stats("cam") == {"face_lost": 0}
+
+
+def test_backend_on_onnx_runtime_equals_the_pytorch_pipeline(exported: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole frame, ONNX Runtime (backend) against the same steps in PyTorch on the loaded
+    checkpoints: audio window, token selection, latents order, one UNet step, decode, paste."""
+    import torch
+
+    from engines.musetalk.audio import frame_features, frame_window, log_mel
+    from engines.musetalk.face import paste
+    from engines.musetalk.model import UNetStep, VAEDecode, VAEEncode, WhisperFeatures
+    from engines.musetalk.weights import find_layout, load_unet, load_vae, load_whisper_encoder
+
+    models, _ = exported
+    monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(models))
+    backend = BackendRegistry().get("musetalk")
+    portrait = np.ascontiguousarray(fit_cover(read_image(BUNDLED["astronaut"]), 256, 256))
+    avatar = backend.prepare_avatar("astronaut", portrait)
+    pcm = (np.random.default_rng(1).standard_normal(19200) * 0.2).astype(np.float32)
+    window = AudioWindow(1.0, 1.0, 0.2, pcm, np.zeros((120, 80), np.float32))
+    got = backend.generate([FrameJob("p", 0, 0.0, window, portrait, avatar)])[0]
+
+    layout = find_layout(models)
+    vae = load_vae(layout)
+    face = avatar.data["musetalk"].face
+    reference = torch.from_numpy(face.crop.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    masked = reference.clone()
+    masked[:, :, 128:] = -1.0
+    with torch.no_grad():
+        latents = torch.cat([VAEEncode(vae)(masked), VAEEncode(vae)(reference)], dim=1)
+        mel = torch.from_numpy(log_mel(frame_window(pcm, 1.0, 0.2)))[None]
+        hidden = WhisperFeatures(load_whisper_encoder(layout))(mel)[0].numpy()
+        tokens = torch.from_numpy(frame_features(hidden))[None]
+        out = VAEDecode(vae)(UNetStep(load_unet(layout))(latents, tokens))
+    image = (out[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    expected = paste(portrait, face, image)
+    assert np.abs(got.astype(int) - expected).max() <= 2

@@ -158,3 +158,14 @@ def test_large_models_keep_their_weights_in_one_external_data_file(tmp_path: Pat
     np.testing.assert_allclose(ModelSession(path, provider="cpu").run({"x": x.numpy()})["y"], expected, atol=1e-5)
     _export_one(model, {"x": x}, "y", path)  # small again: one file, the old data file gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx"]
+
+
+def test_log_mel_is_whispers() -> None:
+    from transformers import WhisperFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    pcm = (rng.standard_normal(48000) * 0.1 * np.sin(np.arange(48000) / 3000)).astype(np.float32)
+    expected = WhisperFeatureExtractor()(pcm, sampling_rate=16000, return_tensors="np").input_features[0]
+    got = audio.log_mel(np.pad(pcm, (0, 16000 * 30 - len(pcm))))  # the extractor pads to 30 s
+    assert got.shape == expected.shape == (80, 3000)
+    np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -28,6 +28,8 @@ from engines.musetalk.export import FILES, onnx_dir
 from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
 from engines.musetalk.weights import find_layout
 
+FP16_MODELS = ("unet", "vae_decoder")
+
 def _missing_onnx() -> tuple[Path, list[Path]]:
     folder = onnx_dir(find_layout())
     return folder, [folder / name for name in (*FILES, "export.json") if not (folder / name).is_file()]
@@ -84,7 +86,8 @@ class MuseTalkBackend(Backend):
         folder = onnx_dir(find_layout())
         self._info = json.loads((folder / "export.json").read_text())
         for name in ("whisper", "unet", "vae_encoder", "vae_decoder"):
-            self._sessions[name] = shared_session(folder / f"{name}.onnx")
+            # fp16 (TensorRT only) for the costly pair; see export.py on precision
+            self._sessions[name] = shared_session(folder / f"{name}.onnx", fp16=name in FP16_MODELS)
 
     def _run(self, name: str, value: np.ndarray) -> np.ndarray:
         session = self._sessions[name]
