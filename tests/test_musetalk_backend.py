@@ -185,3 +185,34 @@ def test_backend_on_onnx_runtime_equals_the_pytorch_pipeline(exported: tuple[Pat
     image = (out[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
     expected = paste(portrait, face, image)
     assert np.abs(got.astype(int) - expected).max() <= 2
+
+
+def test_serving_needs_no_pytorch(exported: tuple[Path, str]) -> None:
+    models, _ = exported
+    code = (
+        "import sys\n"
+        "class NoTorch:\n"  # importing any of them fails, as in an install without the export extra
+        "    def find_spec(self, name, *args):\n"
+        "        if name.split('.')[0] in ('torch', 'diffusers', 'transformers', 'onnx'): raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "import numpy as np\n"
+        "from engines.base import AudioWindow, FrameJob\n"
+        "from engines.registry import BackendRegistry\n"
+        "from stream_server.avatars import BUNDLED, read_image\n"
+        "backend = BackendRegistry().get('musetalk')\n"
+        "image = np.ascontiguousarray(read_image(BUNDLED['astronaut'])[::2, ::2])\n"
+        "avatar = backend.prepare_avatar('a', image)\n"
+        "w = AudioWindow(1.0, 0.8, 0.2, np.ones(16000, np.float32) * 0.1, np.zeros((100, 80), np.float32))\n"
+        "frame = backend.generate([FrameJob('s', 0, 0.0, w, image, avatar)])[0]\n"
+        "assert not any(m.split('.')[0] in ('torch', 'diffusers', 'transformers') for m in sys.modules)\n"
+        "print('ok', frame.shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "LIPSYNC_MODELS_DIR": str(models), "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and "ok (256, 256, 3)" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["export"], ["export", "musetalk"]])
+def test_new_commands_have_help(command: list[str]) -> None:
+    result = cli(*command, "--help", env={})
+    assert result.returncode == 0 and "usage: python -m stream_server" in result.stdout
