@@ -107,12 +107,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVER_LOG = Path("/tmp/lipsync-benchmark-server.log")
+
+
 def start_server(port: int, backend: str, idle_timeout_s: float) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "stream_server", "--log-level", "WARNING", "serve", "--port", str(port),
-         "--backend", backend, "--idle-timeout", str(idle_timeout_s)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    """The server in its own process, as users run it; its log goes to SERVER_LOG."""
+    with SERVER_LOG.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "stream_server", "--log-level", "WARNING", "serve", "--port", str(port),
+             "--backend", backend, "--idle-timeout", str(idle_timeout_s)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
     for _ in range(300):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):

@@ -175,9 +175,15 @@ def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
 
 
 async def stream_clip(
-    base_url: str, clip: Path, seconds: float, options: dict[str, Any], on_answer: Callable[[dict[str, Any]], None] | None = None
+    base_url: str,
+    clip: Path,
+    seconds: float,
+    options: dict[str, Any],
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
+    relay: Any = None,
 ) -> Received:
-    """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output."""
+    """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output.
+    With ``relay`` (a benchmarks.netshim.UdpRelay) every packet goes through it."""
     player = MediaPlayer(str(clip))
     pc = RTCPeerConnection()
     received = Received()
@@ -208,13 +214,15 @@ async def stream_clip(
         rate = 90000 if transceiver.kind == "video" else 48000
         received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, rate)
     async with aiohttp.ClientSession() as http:
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "options": options}
+        sdp = pc.localDescription.sdp if relay is None else await relay.offer(pc.localDescription.sdp)
+        body = {"sdp": sdp, "type": "offer", "options": options}
         async with http.post(f"{base_url}/offer", json=body) as response:
             received.answer = await response.json()
             assert response.status == 200, received.answer
         if on_answer:
             on_answer(received.answer)
-        await pc.setRemoteDescription(RTCSessionDescription(received.answer["sdp"], received.answer["type"]))
+        answer = received.answer["sdp"] if relay is None else relay.answer(received.answer["sdp"])
+        await pc.setRemoteDescription(RTCSessionDescription(answer, received.answer["type"]))
         await asyncio.sleep(seconds)
         async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
             assert response.status == 200
@@ -239,21 +247,29 @@ def av_offsets(received: Received, clip: Path, clip_fps: float) -> np.ndarray:
     """A/V offset at the receiver (s), per received frame: when the frame showing source
     instant s is to be presented minus when the audio of s is, both placed on the sender's clock
     by the RTCP sender reports (a receiver synchronising playout adds the same delay to both)."""
-    audio = np.concatenate([samples for _, _, samples in received.audio])
-    starts = np.cumsum([0] + [len(samples) for _, _, samples in received.audio])
+    return av_offsets_timed(received, clip, clip_fps)[:, 1]
+
+
+def av_offsets_timed(received: Received, clip: Path, clip_fps: float) -> np.ndarray:
+    """Like :func:`av_offsets`, as rows of (arrival time of the frame, offset).
+
+    Received audio is placed by its pts (RTP time), not by counting samples, so lost or
+    late-dropped audio packets leave gaps instead of shifting everything after them."""
+    first_pts = received.audio[0][1]
+    end = max(pts + len(samples) for _, pts, samples in received.audio) - first_pts
+    audio = np.zeros(end, np.float32)
+    for _, pts, samples in received.audio:
+        audio[pts - first_pts : pts - first_pts + len(samples)] = samples
     source = load_audio(clip, 48000)
     # where the clip's audio begins in the received stream (the output starts with silence)
     probe = source[48000 // 2 : 48000 * 2]  # 1.5 s of speech from 0.5 s in
     corr = np.correlate(audio[: 48000 * 6], probe, mode="valid")
-    origin = int(np.argmax(np.abs(corr))) - 48000 // 2  # received sample index of source time 0
+    origin = int(np.argmax(np.abs(corr))) - 48000 // 2 + first_pts  # audio pts of source time 0
     video_time, audio_time = received.sender_time["video"], received.sender_time["audio"]
     offsets = []
-    for _, pts, rgb in received.video:
+    for arrival, pts, rgb in received.video:
         index = read_stamp(rgb)
-        sample = origin + round(index / clip_fps * 48000)
-        chunk = int(np.searchsorted(starts, sample, side="right")) - 1
-        if 0 <= chunk < len(received.audio) and index > 0:
-            _, audio_pts, _ = received.audio[chunk]
-            audio_s = audio_time(audio_pts) + (sample - starts[chunk]) / 48000
-            offsets.append(video_time(pts) - audio_s)
-    return np.asarray(offsets)
+        sample_pts = origin + round(index / clip_fps * 48000)
+        if index > 0 and first_pts <= sample_pts < first_pts + end:
+            offsets.append((arrival, video_time(pts) - audio_time(sample_pts)))
+    return np.asarray(offsets, dtype=np.float64).reshape(-1, 2)

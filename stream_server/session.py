@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import math
+import threading
 import time
 import uuid
 from fractions import Fraction
@@ -145,7 +146,11 @@ class Session:
             assert self.size is not None
             self._base = fit_cover(avatar.image, *self.size)
         self._blank = self._blank_frame() if self.size else np.zeros((0, 0, 3), np.uint8)
-        self._camera_cache: tuple[int, np.ndarray] | None = None
+        self._camera_cache: tuple[av.VideoFrame, np.ndarray] | None = None  # the frame itself: ids get reused
+        # PyAV keeps one swscale context per frame: converting the same camera frame in two
+        # threads at once (the backend worker and the compose executor, or two workers after a
+        # fallback) corrupts it and crashes the process (seen as segfaults in libswscale)
+        self._convert_lock = threading.Lock()
         self._counted = self.scheduler.counts.as_dict()
         if avatar.notice:
             self.add_event(avatar.notice)
@@ -329,13 +334,14 @@ class Session:
             return self._base
         if camera is None:
             return self._blank
-        cached = self._camera_cache
-        if cached is not None and cached[0] == id(camera):
-            return cached[1]
-        assert self.size is not None
-        rgb = video_frame_to_rgb(camera, *self.size)
-        self._camera_cache = (id(camera), rgb)
-        return rgb
+        with self._convert_lock:
+            cached = self._camera_cache
+            if cached is not None and cached[0] is camera:
+                return cached[1]
+            assert self.size is not None
+            rgb = video_frame_to_rgb(camera, *self.size)
+            self._camera_cache = (camera, rgb)
+            return rgb
 
     def _start_fallback(self, reason: str, hung: bool) -> None:
         if self._switching or self.closed.is_set():
@@ -483,6 +489,7 @@ class Session:
         self.video_out.release()
         self.audio_out.release()
         self.camera.frames.clear()
+        self._camera_cache = None
 
 
 class SlotVideoTrack(MediaStreamTrack):
