@@ -43,6 +43,29 @@ def window(samples: list[dict[str, Any]], start: float, end: float, key: str) ->
     return round(float(np.median(values)), 1) if values else None
 
 
+def summarize(samples: list[dict[str, Any]], warm: float, end: float, rss_bound_mb: float, creep_ms: float) -> dict[str, Any]:
+    """Memory growth after the warm-up, and the latency of the first and last windows after it
+    (five minutes each, or a third of what follows the warm-up in a shorter run)."""
+    span = min(300.0, (end - warm) / 3.0)
+    rss_after_warmup = [s["rss_mb"] for s in samples if s["t_s"] >= warm]
+    first, last = (warm, warm + span), (end - span, end + 1.0)
+    rss = {"after_warmup": rss_after_warmup[0] if rss_after_warmup else None, "max": max(rss_after_warmup, default=None), "end": samples[-1]["rss_mb"] if samples else None}
+    p95 = {"first_window": window(samples, *first, "latency_p95_ms"), "last_window": window(samples, *last, "latency_p95_ms")}
+    return {
+        "warmup_s": warm,
+        "windows_s": {"first": first, "last": last},
+        "rss_mb": rss,
+        "latency_p95_ms": p95,
+        "latency_p50_ms": {"first_window": window(samples, *first, "latency_p50_ms"), "last_window": window(samples, *last, "latency_p50_ms")},
+        "fps_out_min": min((s["fps_out_min"] for s in samples if s["fps_out_min"] is not None), default=None),
+        "bounds": {"rss_growth_mb": rss_bound_mb, "latency_creep_ms": creep_ms},
+        "passed": {
+            "memory": rss["max"] is not None and rss["max"] - rss["after_warmup"] <= rss_bound_mb,
+            "latency": None not in p95.values() and p95["last_window"] - p95["first_window"] <= creep_ms,
+        },
+    }
+
+
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     server = start_server(port, args.backend, 10.0)
@@ -83,28 +106,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(timeout=20)
-    warm, end = args.warmup_s, seconds
-    rss_after_warmup = [s["rss_mb"] for s in samples if s["t_s"] >= warm]
-    first = (warm, warm + 300.0)
-    last = (max(warm, end - 300.0), end + args.every)
     result: dict[str, Any] = {
         "command": "python -m benchmarks.soak " + " ".join(sys.argv[1:]),
         "sessions": args.sessions,
         "minutes": args.minutes,
         "options": options,
-        "warmup_s": warm,
-        "rss_mb": {"after_warmup": rss_after_warmup[0] if rss_after_warmup else None, "max": max(rss_after_warmup, default=None), "end": samples[-1]["rss_mb"] if samples else None},
-        "latency_p95_ms": {"first_window": window(samples, *first, "latency_p95_ms"), "last_window": window(samples, *last, "latency_p95_ms")},
-        "latency_p50_ms": {"first_window": window(samples, *first, "latency_p50_ms"), "last_window": window(samples, *last, "latency_p50_ms")},
-        "fps_out_min": min((s["fps_out_min"] for s in samples if s["fps_out_min"] is not None), default=None),
-        "bounds": {"rss_growth_mb": args.rss_bound_mb, "latency_creep_ms": args.latency_creep_ms},
+        **summarize(samples, args.warmup_s, seconds, args.rss_bound_mb, args.latency_creep_ms),
         "samples": samples,
-    }
-    rss = result["rss_mb"]
-    p95 = result["latency_p95_ms"]
-    result["passed"] = {
-        "memory": rss["max"] is not None and rss["max"] - rss["after_warmup"] <= args.rss_bound_mb,
-        "latency": None not in (p95["first_window"], p95["last_window"]) and p95["last_window"] - p95["first_window"] <= args.latency_creep_ms,
     }
     return result
 
