@@ -110,11 +110,11 @@ def free_port() -> int:
 SERVER_LOG = Path("/tmp/lipsync-benchmark-server.log")
 
 
-def start_server(port: int, backend: str, idle_timeout_s: float) -> subprocess.Popen[bytes]:
+def start_server(port: int, backend: str, idle_timeout_s: float, log_level: str = "WARNING") -> subprocess.Popen[bytes]:
     """The server in its own process, as users run it; its log goes to SERVER_LOG."""
     with SERVER_LOG.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "stream_server", "--log-level", "WARNING", "serve", "--port", str(port),
+            [sys.executable, "-m", "stream_server", "--log-level", log_level, "serve", "--port", str(port),
              "--backend", backend, "--idle-timeout", str(idle_timeout_s)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )

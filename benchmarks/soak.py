@@ -26,7 +26,7 @@ from benchmarks.results_io import save
 from benchmarks.synthetic_peer import PeerRun, run_peer
 
 
-async def follow(url: str, run: PeerRun, latest: dict[str, dict[str, Any]]) -> None:
+async def follow(url: str, run: PeerRun, latest: dict[str, dict[str, Any]], ended: list[dict[str, Any]]) -> None:
     """Keep the newest stats the server pushes for this peer's session."""
     while not run.session_id:
         await asyncio.sleep(0.1)
@@ -36,6 +36,9 @@ async def follow(url: str, run: PeerRun, latest: dict[str, dict[str, Any]]) -> N
                 data = message.json()
                 if data.get("type") == "stats":
                     latest[run.session_id] = data
+                elif data.get("type") == "closed":
+                    ended.append({"session": run.session_id, "at": time.monotonic(), "reason": data["reason"]})
+                    latest.pop(run.session_id, None)
 
 
 def window(samples: list[dict[str, Any]], start: float, end: float, key: str) -> float | None:
@@ -68,7 +71,7 @@ def summarize(samples: list[dict[str, Any]], warm: float, end: float, rss_bound_
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
-    server = start_server(port, args.backend, 10.0)
+    server = start_server(port, args.backend, 10.0, log_level="INFO")
     url = f"http://127.0.0.1:{port}"
     probe = proc_probe(server.pid)
     seconds = args.minutes * 60.0
@@ -77,10 +80,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         options.update(width=args.size, height=args.size)
     runs = [PeerRun() for _ in range(args.sessions)]
     latest: dict[str, dict[str, Any]] = {}
+    ended: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     try:
         peers = [asyncio.create_task(run_peer(url, seconds, options, run=run)) for run in runs]
-        followers = [asyncio.create_task(follow(url, run, latest)) for run in runs]
+        followers = [asyncio.create_task(follow(url, run, latest, ended)) for run in runs]
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             await asyncio.sleep(args.every)
@@ -111,6 +115,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "sessions": args.sessions,
         "minutes": args.minutes,
         "options": options,
+        "ended_early": [{**e, "at": round(e["at"] - started, 1)} for e in ended if e["at"] - started < seconds - 1.0],
         **summarize(samples, args.warmup_s, seconds, args.rss_bound_mb, args.latency_creep_ms),
         "samples": samples,
     }
