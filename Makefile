@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench clean
+.PHONY: serve test bench bench-long clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ test: $(STAMP)
 	scripts/system-deps.sh test
 	$(BIN)/python -m pytest $(ARGS)
 
+# the CPU benchmark set (about 12 minutes), then the README's performance section and plots
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.loopback
+	scripts/system-deps.sh serve
+	$(BIN)/python -m benchmarks.run_all
+
+# one 10-minute session: A/V drift, memory growth, latency trend
+bench-long: $(STAMP)
+	scripts/system-deps.sh serve
+	$(BIN)/python -m benchmarks.long_run --minutes 10
+	$(BIN)/python -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) tests/artifacts

@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
+from benchmarks.live import free_port, pct, start_server, stop_server, watch_stats
 from benchmarks.results_io import ROOT, save
 from benchmarks.peer import av_offsets, loop_clip, output_fps, stream_clip
 from stream_server.media_io import video_fps
@@ -31,41 +27,9 @@ from stream_server.media_io import video_fps
 CLIP = ROOT.parent / "shared" / "testdata" / "video" / "pcavs_vox2_00086.mp4"
 
 
-def pct(values: list[float] | np.ndarray, q: float) -> float:
-    return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 1)
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    """The server in its own process, as users run it."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "stream_server", "--log-level", "WARNING", "serve", "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"the server did not start: {server.stderr.read().decode() if server.stderr else ''}")
-
-
-async def watch_stats(url: str, session_id: asyncio.Future[str], snapshots: list[dict[str, Any]]) -> None:
-    """Record the stats the server pushes to the page for the peer's session."""
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{url}/ws/stats?session={await session_id}") as socket_:
-            async for message in socket_:
-                data = message.json()
-                if data.get("type") == "stats":
-                    snapshots.append(data)
-
-
 async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
     clip = loop_clip(CLIP, seconds + 2.0, Path(tempfile.mkdtemp()))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = start_server(port)
     url = f"http://127.0.0.1:{port}"
     options: dict[str, Any] = {"backend": backend, "avatar": avatar, "fps": 25}
@@ -78,8 +42,7 @@ async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
         received = await stream_clip(url, clip, seconds=seconds, options=options, on_answer=lambda a: session_id.set_result(a["session_id"]))
         watcher.cancel()
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop_server(server)
     final = snapshots[-1]  # the last stats before the session closed: its last 10 s of frames
     offsets = av_offsets(received, clip, video_fps(clip)) if avatar == "camera" else np.zeros(0)
     return {
@@ -90,7 +53,9 @@ async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
         "server_fps_out": final["fps_out"],
         "server_latency_ms_last_10s": final["latency_ms"],
         "backend_ms_last_10s": final["backend_ms"],
+        "stages_ms_last_10s": final["stages_ms"],  # generated frames, stream_server/stages.py
         "delay_ms": final["delay_ms"],
+        "lookahead_ms": final["lookahead_ms"],
         "jitter_allowance_ms": final["jitter_ms"],
         # frames sent before their audio had arrived (late packets): no latency can be given
         "sent_before_audio": final["sent_before_audio"],

@@ -8,10 +8,12 @@ to the clip's audio by cross-correlation. Together they give the A/V offset at t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urljoin
 
 import aiohttp
 import numpy as np
@@ -22,8 +24,8 @@ from aiortc.rtp import RtcpSrPacket
 
 from stream_server.media_io import load_audio
 
-CODE_BITS = 11  # frame numbers up to 2047: 80 s at 25 fps
-BLOCK = 20  # marker block side in pixels (11 blocks fit a 224-pixel frame)
+CODE_BITS = 14  # frame numbers up to 16383: 10.9 min at 25 fps
+BLOCK = 16  # marker block side in pixels (14 blocks fit a 224-pixel frame)
 
 
 def stamp(rgb: np.ndarray, index: int) -> np.ndarray:
@@ -36,10 +38,14 @@ def stamp(rgb: np.ndarray, index: int) -> np.ndarray:
 
 
 def read_stamp(rgb: np.ndarray) -> int:
+    """The frame index stamped on ``rgb``, or -1 if a block is neither black nor white (a blend
+    of two stamped frames, as an interpolated frame is)."""
     index = 0
     for bit in range(CODE_BITS):
-        block = rgb[4 : BLOCK - 4, bit * BLOCK + 4 : (bit + 1) * BLOCK - 4]
-        if block.mean() > 128:
+        level = rgb[4 : BLOCK - 4, bit * BLOCK + 4 : (bit + 1) * BLOCK - 4].mean()
+        if 64 < level < 192:
+            return -1
+        if level > 128:
             index |= 1 << bit
     return index
 
@@ -105,6 +111,7 @@ class SenderTime:
     def __init__(self, receiver: Any, clock_rate: int) -> None:
         self.clock_rate = clock_rate
         self.reports: list[tuple[float, int]] = []  # (sender NTP seconds, RTP timestamp)
+        self.report_arrivals: list[float] = []  # when each report arrived (monotonic)
         self.first_rtp: int | None = None
         handle_rtcp, handle_rtp = receiver._handle_rtcp_packet, receiver._handle_rtp_packet
 
@@ -112,6 +119,7 @@ class SenderTime:
             if isinstance(packet, RtcpSrPacket):
                 info = packet.sender_info
                 self.reports.append((info.ntp_timestamp / (1 << 32), info.rtp_timestamp))
+                self.report_arrivals.append(time.monotonic())
             await handle_rtcp(packet)
 
         async def on_rtp(packet: Any, arrival_time_ms: int) -> None:
@@ -121,10 +129,15 @@ class SenderTime:
 
         receiver._handle_rtcp_packet, receiver._handle_rtp_packet = on_rtcp, on_rtp
 
-    def __call__(self, pts: int) -> float:
-        """Sender time (s) of the frame with decoded pts ``pts``, by the last sender report."""
+    def __call__(self, pts: int, arrival: float | None = None) -> float:
+        """Sender time (s) of the frame with decoded pts ``pts``, by the last sender report that
+        had arrived by ``arrival`` (the first one if none had; the very last if not given): a
+        report sent while the stream stalls maps later times to the stalled timestamp."""
         assert self.first_rtp is not None and self.reports, "no sender report received"
-        ntp, rtp = self.reports[-1]
+        index = len(self.reports) - 1
+        if arrival is not None:
+            index = max(0, bisect.bisect_right(self.report_arrivals, arrival) - 1)
+        ntp, rtp = self.reports[index]
         rtp_of_frame = (self.first_rtp + pts) % (1 << 32)
         ticks = (rtp_of_frame - rtp + (1 << 31)) % (1 << 32) - (1 << 31)
         return ntp + ticks / self.clock_rate
@@ -136,6 +149,7 @@ class Received:
     audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)  # (arrival, pts, mono48k)
     answer: dict[str, Any] = field(default_factory=dict)
     sender_time: dict[str, SenderTime] = field(default_factory=dict)  # by kind
+    keep_rows: int | None = None  # keep only the top rows of each video frame (long runs: the stamps)
 
 
 def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
@@ -175,58 +189,26 @@ def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
 
 
 async def stream_clip(
-    base_url: str,
-    clip: Path,
-    seconds: float,
-    options: dict[str, Any],
-    on_answer: Callable[[dict[str, Any]], None] | None = None,
+    base_url: str, clip: Path, seconds: float, options: dict[str, Any],
+    on_answer: Callable[[dict[str, Any]], None] | None = None, keep_rows: int | None = None,
     relay: Any = None,
 ) -> Received:
-    """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output.
-    With ``relay`` (a benchmarks.netshim.UdpRelay) every packet goes through it."""
+    """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output
+    (of each video frame only the top ``keep_rows`` rows, if given). With ``relay`` (a
+    benchmarks.netshim.UdpRelay) every packet goes through it."""
     player = MediaPlayer(str(clip))
     pc = RTCPeerConnection()
-    received = Received()
+    received = Received(keep_rows=keep_rows)
     pc.addTrack(PacedAudio(player.audio))
     video = StampedVideo(player.video)
     pc.addTrack(video)
     tasks: list[asyncio.Task[None]] = []
 
-    async def record(track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                arrival = time.monotonic()
-                if track.kind == "video":
-                    received.video.append((arrival, frame.pts, frame.to_ndarray(format="rgb24")))
-                else:
-                    samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
-                    received.audio.append((arrival, frame.pts, samples.astype(np.float32) / 32768.0))
-        except MediaStreamError:
-            pass
-
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
-        tasks.append(asyncio.create_task(record(track)))
+        tasks.append(asyncio.create_task(_record(track, received)))
 
-    await pc.setLocalDescription(await pc.createOffer())
-    for transceiver in pc.getTransceivers():
-        rate = 90000 if transceiver.kind == "video" else 48000
-        received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, rate)
-    async with aiohttp.ClientSession() as http:
-        sdp = pc.localDescription.sdp if relay is None else await relay.offer(pc.localDescription.sdp)
-        body = {"sdp": sdp, "type": "offer", "options": options}
-        async with http.post(f"{base_url}/offer", json=body) as response:
-            received.answer = await response.json()
-            assert response.status == 200, received.answer
-        if on_answer:
-            on_answer(received.answer)
-        answer = received.answer["sdp"] if relay is None else relay.answer(received.answer["sdp"])
-        await pc.setRemoteDescription(RTCSessionDescription(answer, received.answer["type"]))
-        await asyncio.sleep(seconds)
-        async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
-            assert response.status == 200
-    await pc.close()
+    await _run_session(pc, base_url, seconds, options, received, on_answer, relay)
     for track in (player.audio, player.video):
         track.stop()  # ends the player's decoding thread
     for task in tasks:
@@ -260,6 +242,7 @@ def av_offsets_timed(received: Received, clip: Path, clip_fps: float) -> np.ndar
     audio = np.zeros(end, np.float32)
     for _, pts, samples in received.audio:
         audio[pts - first_pts : pts - first_pts + len(samples)] = samples
+    audio_pts = [pts for _, pts, _ in received.audio]
     source = load_audio(clip, 48000)
     # where the clip's audio begins in the received stream (the output starts with silence)
     probe = source[48000 // 2 : 48000 * 2]  # 1.5 s of speech from 0.5 s in
@@ -270,6 +253,155 @@ def av_offsets_timed(received: Received, clip: Path, clip_fps: float) -> np.ndar
     for arrival, pts, rgb in received.video:
         index = read_stamp(rgb)
         sample_pts = origin + round(index / clip_fps * 48000)
-        if index > 0 and first_pts <= sample_pts < first_pts + end:
-            offsets.append((arrival, video_time(pts) - audio_time(sample_pts)))
+        chunk = bisect.bisect_right(audio_pts, sample_pts) - 1
+        if index > 0 and chunk >= 0 and sample_pts < first_pts + end:
+            audio_arrival = received.audio[chunk][0]
+            offsets.append((arrival, video_time(pts, arrival) - audio_time(sample_pts, audio_arrival)))
     return np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
+
+
+class ArrayMicrophone(MediaStreamTrack):
+    """A microphone playing ``pcm`` (48 kHz mono float) in 20 ms frames in real time, then
+    silence. Records when each frame was captured, so the capture instant of any sample is known."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        super().__init__()
+        self._pcm = np.clip(pcm * 32767, -32768, 32767).astype(np.int16)
+        self._sent = 0
+        self._start: float | None = None
+        self.captured: list[float] = []  # wall time (monotonic) at which frame n was complete
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        import av
+        from fractions import Fraction
+
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + (self._sent + 1) * 0.02 - time.monotonic()  # a frame is complete at its end
+        if wait > 0:
+            await asyncio.sleep(wait)
+        chunk = self._pcm[self._sent * 960 : (self._sent + 1) * 960]
+        chunk = np.pad(chunk, (0, 960 - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, self._sent * 960, Fraction(1, 48000)
+        self.captured.append(time.monotonic())
+        self._sent += 1
+        return frame
+
+    def capture_time(self, sample: int) -> float | None:
+        """When sample ``sample`` entered the microphone: its frame's completion less the
+        samples after it in that frame."""
+        frame = sample // 960
+        if frame >= len(self.captured):
+            return None
+        return self.captured[frame] - ((frame + 1) * 960 - sample) / 48000
+
+
+async def stream_microphone(
+    base_url: str, mic: ArrayMicrophone, seconds: float, options: dict[str, Any],
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
+) -> Received:
+    """Send ``mic`` with a receive-only video section (the avatar comes back on it) for
+    ``seconds`` and record the server's output, as a microphone-only client does."""
+    pc = RTCPeerConnection()
+    received = Received()
+    pc.addTrack(mic)
+    pc.addTransceiver("video", direction="recvonly")
+    tasks: list[asyncio.Task[None]] = []
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        tasks.append(asyncio.create_task(_record(track, received)))
+
+    await _run_session(pc, base_url, seconds, options, received, on_answer)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return received
+
+
+async def _record(track: MediaStreamTrack, received: Received) -> None:
+    """Append each decoded frame of ``track`` to ``received`` with its arrival time."""
+    try:
+        while True:
+            frame = await track.recv()
+            arrival = time.monotonic()
+            if track.kind == "video":
+                rgb = frame.to_ndarray(format="rgb24")
+                if received.keep_rows is not None:
+                    rgb = np.ascontiguousarray(rgb[: received.keep_rows])
+                received.video.append((arrival, frame.pts, rgb))
+            else:
+                samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
+                received.audio.append((arrival, frame.pts, samples.astype(np.float32) / 32768.0))
+    except MediaStreamError:
+        pass
+
+
+async def _run_session(
+    pc: RTCPeerConnection, base_url: str, seconds: float, options: dict[str, Any], received: Received,
+    on_answer: Callable[[dict[str, Any]], None] | None, relay: Any = None,
+) -> None:
+    """Offer, answer, stream for ``seconds``, end the session and close the peer (through
+    ``relay``, a benchmarks.netshim.UdpRelay, if given)."""
+    await pc.setLocalDescription(await pc.createOffer())
+    for transceiver in pc.getTransceivers():
+        rate = 90000 if transceiver.kind == "video" else 48000
+        received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, rate)
+    async with aiohttp.ClientSession() as http:
+        sdp = pc.localDescription.sdp if relay is None else await relay.offer(pc.localDescription.sdp)
+        body = {"sdp": sdp, "type": "offer", "options": options}
+        async with http.post(f"{base_url}/offer", json=body) as response:
+            received.answer = await response.json()
+            assert response.status == 200, received.answer
+        if on_answer:
+            on_answer(received.answer)
+        answer = received.answer["sdp"] if relay is None else relay.answer(received.answer["sdp"])
+        await pc.setRemoteDescription(RTCSessionDescription(answer, received.answer["type"]))
+        await asyncio.sleep(seconds)
+        async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
+            assert response.status == 200
+    await pc.close()
+
+
+async def whip_publish(
+    base_url: str, channel: str, tracks: list[MediaStreamTrack], token: str | None = None
+) -> tuple[RTCPeerConnection, str]:
+    """Publish ``tracks`` to a channel over WHIP (as OBS does): returns the peer and the
+    resource URL to DELETE when done."""
+    pc = RTCPeerConnection()
+    for track in tracks:
+        pc.addTransceiver(track, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, await _post_sdp_offer(pc, f"{base_url}/whip/{channel}", token)
+
+
+async def whep_play(base_url: str, channel: str, received: Received, token: str | None = None) -> tuple[RTCPeerConnection, str, list[asyncio.Task[None]]]:
+    """Play a channel over WHEP into ``received``: returns the peer, the resource URL to DELETE,
+    and the recording tasks (cancel them when done)."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    tasks: list[asyncio.Task[None]] = []
+    pc.on("track", lambda track: tasks.append(asyncio.create_task(_record(track, received))))
+    await pc.setLocalDescription(await pc.createOffer())
+    for transceiver in pc.getTransceivers():
+        received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, 90000 if transceiver.kind == "video" else 48000)
+    return pc, await _post_sdp_offer(pc, f"{base_url}/whep/{channel}", token), tasks
+
+
+async def _post_sdp_offer(pc: RTCPeerConnection, url: str, token: str | None) -> str:
+    """WHIP / WHEP signalling: POST the local offer as application/sdp, apply the answer, and
+    return the resource URL (closes the peer and raises AssertionError if refused)."""
+    headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {token}"} if token else {})}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+            body = await response.text()
+            if response.status != 201:
+                await pc.close()
+                raise AssertionError(f"POST {url} answered {response.status}: {body}")
+            location = response.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+    return urljoin(url, location)

@@ -15,7 +15,7 @@ from aiortc import RTCSessionDescription
 
 from engines.base import Avatar, AvatarError
 from engines.registry import BackendRegistry
-from stream_server import metrics
+from stream_server import metrics, whip
 from stream_server.avatars import AvatarLibrary
 from stream_server.config import FPS_CHOICES, Settings
 from stream_server.frames import fit_cover
@@ -23,6 +23,8 @@ from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.security import cors_middleware, token_middleware
 from stream_server.session import OfferError, Replacement, Session, SessionLimits
 from stream_server.uploads import UploadError, check_name, decode_upload, require_face
+from stream_server.channels import CHANNEL_NAME, Channel
+from stream_server.stages import TraceWriter
 from stream_server.worker import BackendWorker
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class Server:
         self._workers: dict[str, BackendWorker] = {}
         self._prepared: collections.OrderedDict[tuple[str, str, int | None, int | None], Avatar] = collections.OrderedDict()
         self._load_lock = asyncio.Lock()
+        self.trace = TraceWriter(settings.trace_file) if settings.trace_file else None
+        self.channels: dict[str, Channel] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.limits = SessionLimits(settings.idle_timeout_s, settings.max_session_s, settings.failures_before_fallback)
 
@@ -97,7 +101,9 @@ class Server:
                 f"try again in about {self.settings.retry_after_s} s"
             )
 
-    async def open_session(self, sdp: str, kind: str, options: SessionOptions) -> tuple[Session, RTCSessionDescription]:
+    async def open_session(
+        self, sdp: str, kind: str, options: SessionOptions, send_back: bool = True
+    ) -> tuple[Session, RTCSessionDescription]:
         self.check_capacity()
         self._opening += 1
         try:
@@ -113,9 +119,10 @@ class Server:
                 ice_servers=self.settings.ice_servers,
                 limits=self.limits,
                 fallback=self.fallback_for,
+                trace=self.trace,
             )
             try:
-                answer = await session.accept(sdp, kind)
+                answer = await session.accept(sdp, kind, send_back)
             except BaseException:
                 await session.close("offer rejected")
                 raise
@@ -162,12 +169,31 @@ class Server:
         await session.closed.wait()
         self.sessions.pop(session.id, None)
 
+    # -- channels (stream_server/whip.py has their routes) ---------------------------------------
+    def create_channel(self, name: str, raw_options: Any = None) -> Channel:
+        """A new channel; raises OptionError for bad options, ValueError if the name is taken."""
+        if not CHANNEL_NAME.match(name):
+            raise OptionError(f"bad channel name {name!r}: use 1-64 letters, digits, - or _")
+        if name in self.channels:
+            raise ValueError(f"channel {name!r} exists already")
+        options = parse_options(raw_options, self.settings, self.avatars, self.registry)
+        self.channels[name] = Channel(name, options)
+        return self.channels[name]
+
+    async def remove_channel(self, name: str) -> None:
+        channel = self.channels.pop(name, None)
+        if channel is not None:
+            await channel.close("the channel was deleted")
+
     async def shutdown(self) -> None:
+        await asyncio.gather(*(c.close("server shutting down") for c in list(self.channels.values())))
         await asyncio.gather(*(s.close("server shutting down") for s in list(self.sessions.values())))
         if self._watchdog is not None:
             self._watchdog.cancel()
         for worker in self._workers.values():
             worker.stop()
+        if self.trace is not None:
+            self.trace.close()
 
 
 # -- middleware ------------------------------------------------------------------------------
@@ -375,6 +401,9 @@ def create_app(settings: Settings, registry: BackendRegistry | None = None) -> w
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_route)
     app.router.add_get("/ws/stats", stats_socket)
+    whip.add_routes(app)
+    for name in settings.channels:
+        server.create_channel(name)
     app.router.add_get("/", index)
     app.router.add_static("/", WEB_CLIENT, show_index=False)
 

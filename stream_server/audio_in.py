@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 from fractions import Fraction
 
 import av
@@ -45,7 +46,8 @@ class AudioIn:
         self._next48 = 0  # next expected 48 kHz sample index
         self._next16 = 0  # next 16 kHz sample index the resampler will produce
         self._next_mel = 0
-        self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=int(capacity_s * 100))
+        # (end sample at 48 kHz, arrival wall time, seconds spent resampling and on features)
+        self._arrivals: collections.deque[tuple[int, float, float]] = collections.deque(maxlen=int(capacity_s * 100))
         self.samples_lost = 0  # 48 kHz samples filled with silence
 
     # -- writing ---------------------------------------------------------------------------
@@ -66,8 +68,8 @@ class AudioIn:
             self._feed_16k_silence(gap) if gap <= MAX_GAP_FILL_S * PLAYBACK_RATE else self._restart_16k(index)
         self.pcm48k.write(index, mono)
         self._next48 = index + len(mono)
-        self._arrivals.append((self._next48, arrival))
         self._feed_16k(mono)
+        self._arrivals.append((self._next48, arrival, time.monotonic() - arrival))
 
     def _place(self, frame: av.AudioFrame) -> int | None:
         """48 kHz sample index of the frame's first sample, from its pts (None without pts)."""
@@ -128,10 +130,15 @@ class AudioIn:
     def arrival_of(self, media_s: float) -> float | None:
         """Wall time at which the audio up to ``media_s`` (its last sample before that instant)
         arrived, if it has and is still known."""
+        found = self.arrival_and_features_of(media_s)
+        return None if found is None else found[0]
+
+    def arrival_and_features_of(self, media_s: float) -> tuple[float, float] | None:
+        """As ``arrival_of``, with the seconds from that arrival until its features were ready."""
         target = media_s * PLAYBACK_RATE
-        for end, arrival in self._arrivals:
+        for end, arrival, features_s in self._arrivals:
             if end >= target:
-                return arrival
+                return arrival, features_s
         return None
 
     def window(self, center_s: float, before_s: float, after_s: float) -> AudioWindow:

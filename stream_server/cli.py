@@ -39,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="another origin (https://host[:port]) allowed to call the API (repeatable)")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-sessions", type=int, default=None, help="sessions at once; beyond it new ones get 503 (default 4)")
+    limits.add_argument("--max-viewers", type=int, default=None, help="WHEP viewers per channel; each costs one video encode (default 16)")
     limits.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="end a session after this many seconds without a packet from its peer (default 10)")
     limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
+    serve.add_argument("--channel", action="append", default=[], metavar="NAME", help="create a channel at start-up (WHIP in at /whip/NAME, WHEP out at /whep/NAME, viewer page /view/NAME) with the default backend and avatar (repeatable)")
+    serve.add_argument("--recordings-dir", type=Path, default=None, metavar="DIR", help="where channel recordings go (default ./recordings)")
+    serve.add_argument("--trace", type=Path, default=None, metavar="FILE", help="append one JSON line per output frame (latency and per-stage timings) to FILE")
 
     render = commands.add_parser("render", help="lip-sync an image or video to an audio file", description="Run the streaming pipeline on files and write an MP4 (H.264 + AAC).")
     render.add_argument("--avatar", required=True, help="an image, a video (a recorded camera), or a bundled avatar name (astronaut)")
@@ -84,10 +88,13 @@ def serve(args: argparse.Namespace) -> int:
             "backend": args.backend,
             "avatar": args.avatar,
             "fps": args.fps,
+            "trace_file": args.trace,
+            "recordings_dir": args.recordings_dir,
             "token": args.token,
             "tls_cert": args.tls_cert,
             "tls_key": args.tls_key,
             "max_sessions": args.max_sessions,
+            "max_viewers": args.max_viewers,
             "idle_timeout_s": args.idle_timeout,
             "max_session_s": args.max_session_duration,
         }.items()
@@ -95,6 +102,8 @@ def serve(args: argparse.Namespace) -> int:
     }
     if args.avatar_file:
         overrides["avatar_files"] = args.avatar_file
+    if args.channel:
+        overrides["channels"] = args.channel
     if args.ice_server:
         overrides["ice_servers"] = [ice_server(url, args.turn_username, args.turn_credential) for url in args.ice_server]
     if args.cors_origin:
@@ -104,6 +113,7 @@ def serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
         return 2
+    from stream_server.options import OptionError
     from stream_server.security import ExposureError, start_up_notes
 
     try:
@@ -115,7 +125,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"note: {note}", flush=True)
     try:
         asyncio.run(run_server(settings))
-    except AvatarFileError as exc:
+    except (AvatarFileError, OptionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ssl.SSLError as exc:

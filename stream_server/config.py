@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     min_budget_ms: float = Field(40.0, ge=0)  # the least time allowed for a frame after its audio
     max_body_bytes: int = Field(256 * 1024, ge=1024)  # an offer is a few kB of SDP
     ice_servers: list[dict] = []  # RTCIceServer dicts, passed to the server and the page
+    trace_file: Path | None = None  # one JSON line per output frame with its stage timings
+    channels: list[str] = []  # channels created at start-up (WHIP in, WHEP out), with the defaults above
+    recordings_dir: Path = Path("recordings")  # where channel recordings are written
+    max_viewers: int = Field(16, ge=1)  # WHEP viewers per channel (each costs one video encode)
 
     # -- access ----------------------------------------------------------------------------
     token: str = ""  # when set, every API and WebSocket call must carry it (LIPSYNC_TOKEN)

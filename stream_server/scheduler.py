@@ -162,10 +162,9 @@ class FrameScheduler(Generic[Frame]):
     def completed(self, slot: int, frame: Frame, now: float, backend_s: float | None = None) -> bool:
         """Record a generated frame; returns False (and counts a drop) if it came too late."""
         self.in_flight.discard(slot)
-        if not self.in_flight:
-            self._busy_until = now
         if backend_s is not None:  # follow the backend's speed (exponential average)
             self.backend_s = 0.8 * self.backend_s + 0.2 * backend_s
+        self._replan(now)
         if slot < self.next_emit:
             self.counts.dropped += 1
             return False
@@ -173,12 +172,24 @@ class FrameScheduler(Generic[Frame]):
         bisect.insort(self._ready_slots, slot)
         return True
 
+    def abandon(self, slot: int) -> None:
+        """A slot still at the backend when its deadline came: its frame will not be used, so
+        the job is withdrawn (if not yet started) and the slot counts as dropped."""
+        if slot in self.in_flight:
+            self.in_flight.discard(slot)
+            self.counts.dropped += 1
+
     def failed(self, slot: int, now: float) -> None:
         """The backend raised on this slot: it will be filled like a dropped one."""
         self.in_flight.discard(slot)
-        if not self.in_flight:
-            self._busy_until = now
+        self._replan(now)
         self.counts.failed += 1
+
+    def _replan(self, now: float) -> None:
+        """Re-anchor the predicted end of the backend's work on a result that just came: the
+        jobs still out run after it. Predictions chained from hand-out times alone drift late
+        when jobs take a little longer than estimated, and then every frame comes too late."""
+        self._busy_until = now + len(self.in_flight) * self.backend_s
 
     # -- emission --------------------------------------------------------------------------
     def emit(self, slot: int) -> Emission[Frame]:

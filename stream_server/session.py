@@ -37,9 +37,10 @@ from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.clock import MediaClock
 from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
-from stream_server.scheduler import Emission, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.stages import SlotTimes, TraceWriter, stage_durations
 from stream_server.stats import SessionStats
-from stream_server.worker import BackendHung, BackendWorker
+from stream_server.worker import BackendHung, BackendWorker, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Session:
         typical_fps: float | None,
         min_budget_s: float,
         ice_servers: list[dict[str, Any]] | None = None,
+        trace: TraceWriter | None = None,
         limits: SessionLimits | None = None,
         fallback: FallbackProvider | None = None,
     ) -> None:
@@ -146,18 +148,19 @@ class Session:
             assert self.size is not None
             self._base = fit_cover(avatar.image, *self.size)
         self._blank = self._blank_frame() if self.size else np.zeros((0, 0, 3), np.uint8)
-        self._camera_cache: tuple[av.VideoFrame, np.ndarray] | None = None  # the frame itself: ids get reused
-        # PyAV keeps one swscale context per frame: converting the same camera frame in two
-        # threads at once (the backend worker and the compose executor, or two workers after a
-        # fallback) corrupts it and crashes the process (seen as segfaults in libswscale)
-        self._convert_lock = threading.Lock()
+        self._camera_cache: tuple[av.VideoFrame, np.ndarray] | None = None
+        self._camera_lock = threading.Lock()
+        self._slot_times: dict[int, SlotTimes] = {}  # slots handed to the backend, not yet sent
+        self._jobs: dict[int, asyncio.Future[JobResult]] = {}  # slots at the backend
+        self._trace = trace
         self._counted = self.scheduler.counts.as_dict()
         if avatar.notice:
             self.add_event(avatar.notice)
 
     # -- signalling ------------------------------------------------------------------------
-    async def accept(self, sdp: str, kind: str) -> RTCSessionDescription:
-        """Apply the browser's offer and return our answer."""
+    async def accept(self, sdp: str, kind: str, send_back: bool = True) -> RTCSessionDescription:
+        """Apply the peer's offer and return our answer. With ``send_back`` False (a channel's
+        producer) the output goes to the channel's viewers, not back to this peer."""
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
         try:
@@ -166,11 +169,14 @@ class Session:
             detail = str(exc) or f"the SDP is malformed ({type(exc).__name__})"
             raise OfferError(f"the offer could not be applied: {detail}") from exc
         kinds = {t.kind for t in self.pc.getTransceivers()}
-        if "video" not in kinds:
-            raise OfferError("the offer has no video section, so the avatar cannot be sent back; add a video transceiver")
-        self.pc.addTrack(self.video_out)
-        if "audio" in kinds:
-            self.pc.addTrack(self.audio_out)
+        if send_back:
+            if "video" not in kinds:
+                raise OfferError("the offer has no video section, so the avatar cannot be sent back; add a video transceiver")
+            self.pc.addTrack(self.video_out)
+            if "audio" in kinds:
+                self.pc.addTrack(self.audio_out)
+        elif "audio" not in kinds:
+            raise OfferError("the offer has no audio section: a channel's producer must send its microphone")
         self.expects_audio = any(
             t.kind == "audio" and t.direction in ("sendrecv", "recvonly") for t in self.pc.getTransceivers()
         )
@@ -303,10 +309,13 @@ class Session:
             return FrameJob(self.id, slot, time_s, audio, self._base_frame(camera), avatar)
 
         backend = self.backend
+        self._slot_times[slot] = SlotTimes(dispatched=MediaClock.wall_now())
         future = self.worker.submit(build)
+        self._jobs[slot] = future
         future.add_done_callback(lambda done: self._on_result(slot, done, backend))
 
-    def _on_result(self, slot: int, future: asyncio.Future[tuple[np.ndarray, float]], backend: Backend) -> None:
+    def _on_result(self, slot: int, future: asyncio.Future[JobResult], backend: Backend) -> None:
+        self._jobs.pop(slot, None)
         if future.cancelled() or self.closed.is_set():
             return
         now = self.clock.media_now()
@@ -322,10 +331,14 @@ class Session:
                 self._start_fallback(str(error), hung=isinstance(error, BackendHung))
         else:
             self._failures_in_row = 0
-            frame, backend_s = future.result()
-            self.scheduler.completed(slot, frame, now, backend_s)
-            self.stats.backend_s.append(backend_s)
-            metrics.BACKEND_TIME.labels(self.backend.name).observe(backend_s)
+            result = future.result()
+            # the scheduler plans with what a job really costs the worker, building included
+            self.scheduler.completed(slot, result.frame, now, result.service_s)
+            self.stats.backend_s.append(result.backend_s)
+            metrics.BACKEND_TIME.labels(self.backend.name).observe(result.backend_s)
+            times = self._slot_times.get(slot)
+            if times is not None:
+                times.picked, times.built, times.finished = result.picked, result.built, result.finished
         self._wake.set()
 
     def _base_frame(self, camera: av.VideoFrame | None) -> np.ndarray:
@@ -334,13 +347,15 @@ class Session:
             return self._base
         if camera is None:
             return self._blank
-        with self._convert_lock:
+        # the worker and the compose thread may both want the same frame: PyAV must not convert
+        # one frame in two threads at once (it crashed doing so), and once is enough anyway
+        with self._camera_lock:
             cached = self._camera_cache
             if cached is not None and cached[0] is camera:
                 return cached[1]
             assert self.size is not None
             rgb = video_frame_to_rgb(camera, *self.size)
-            self._camera_cache = (camera, rgb)
+            self._camera_cache = (camera, rgb)  # the frame itself, so its id cannot be reused
             return rgb
 
     def _start_fallback(self, reason: str, hung: bool) -> None:
@@ -388,6 +403,8 @@ class Session:
             # the encoder fell behind: skip to the newest slot that is due (counted as dropped)
             slot = math.floor((self.clock.media_now() - scheduler.config.delay_s) * scheduler.config.fps)
         emission = scheduler.emit(slot)
+        emitted = MediaClock.wall_now()
+        self._abandon_late_jobs(slot)
         self._video_slot = slot + 1
         self._wake.set()
         camera = self.camera.at(self.clock.capture_wall(scheduler.slot_time(slot))) if self.avatar.is_camera else None
@@ -395,8 +412,15 @@ class Session:
         frame = await loop.run_in_executor(None, self._compose, emission, camera)
         frame.pts = round(slot * 90000 / scheduler.config.fps)
         frame.time_base = VIDEO_TIME_BASE
-        self._record(emission)
+        self._record(emission, emitted)
         return frame
+
+    def _abandon_late_jobs(self, sent: int) -> None:
+        """Withdraw jobs whose slot has been sent without them: a job that is not yet running is
+        never run (a backlog of stale work would make every later frame late too)."""
+        for slot in [s for s in self._jobs if s <= sent]:
+            self._jobs.pop(slot).cancel()
+            self.scheduler.abandon(slot)
 
     def _compose(self, emission: Emission[np.ndarray], camera: av.VideoFrame | None) -> av.VideoFrame:
         """The image for one slot, as a YUV frame for the encoder (executor thread)."""
@@ -404,12 +428,25 @@ class Session:
         yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
         return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
 
-    def _record(self, emission: Emission[np.ndarray]) -> None:
+    def _record(self, emission: Emission[np.ndarray], emitted: float) -> None:
         handoff = MediaClock.wall_now()
         newest = self.scheduler.slot_time(emission.slot) + self.backend.lookahead_s
-        arrival = self.audio_in.arrival_of(newest) if self.audio_in.started else None
-        latency = None if arrival is None else handoff - arrival + self.backend.lookahead_s
-        self.stats.on_frame(emission.kind, handoff, latency)
+        audio = self.audio_in.arrival_and_features_of(newest) if self.audio_in.started else None
+        latency = None if audio is None else handoff - audio[0] + self.backend.lookahead_s
+        times = self._slot_times.pop(emission.slot, None)
+        for old in [s for s in self._slot_times if s < emission.slot]:
+            del self._slot_times[old]  # dropped slots: nothing will be sent for them
+        stages = None
+        if emission.kind is FrameKind.GENERATED and audio is not None and times is not None:
+            stages = stage_durations(audio[0], audio[1], times, emitted, handoff)
+        self.stats.on_frame(emission.kind, handoff, latency, stages)
+        if self._trace is not None:
+            self._trace.write({
+                "session": self.id, "slot": emission.slot, "kind": emission.kind.value, "handoff": round(handoff, 6),
+                "audio_arrival": None if audio is None else round(audio[0], 6),
+                "latency_ms": None if latency is None else round(latency * 1000, 2),
+                "stages_ms": None if stages is None else {k: round(v * 1000, 2) for k, v in stages.items()},
+            })
         counts = self.scheduler.counts.as_dict()
         for kind in ("generated", "interpolated", "repeated", "dropped"):
             if counts[kind] > self._counted[kind]:
@@ -449,6 +486,7 @@ class Session:
             avatar=self.options.avatar,
             counts=self.scheduler.counts.as_dict(),
             delay_s=self.scheduler.config.delay_s,
+            lookahead_s=self.backend.lookahead_s,
             jitter_s=self.clock.jitter_s,
             backend_stats=self.backend.stream_stats(self.id),
             uptime_s=time.monotonic() - self.created,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from stream_server.scheduler import FrameKind
+from stream_server.stages import STAGES
 
 WINDOW_FRAMES = 250  # latency percentiles over the last 10 s at 25 fps
 
@@ -33,9 +34,17 @@ class SessionStats:
         self.backend_s: collections.deque[float] = collections.deque(maxlen=WINDOW_FRAMES)
         self.latencies_recorded = 0  # all time, so readers of the window can tell what is new
         self.sent_before_audio = 0  # frames sent before the audio they depend on had arrived
+        # per-stage seconds of the generated frames (stream_server/stages.py)
+        self.stages_s: dict[str, collections.deque[float]] = {
+            stage: collections.deque(maxlen=WINDOW_FRAMES) for stage in STAGES
+        }
 
-    def on_frame(self, kind: FrameKind, handoff: float, latency_s: float | None) -> None:
+    def on_frame(
+        self, kind: FrameKind, handoff: float, latency_s: float | None, stages: dict[str, float] | None = None
+    ) -> None:
         self.sent_at.append(handoff)
+        for stage, seconds in (stages or {}).items():
+            self.stages_s[stage].append(seconds)
         if latency_s is None:
             self.sent_before_audio += 1
         else:
@@ -56,6 +65,7 @@ class SessionStats:
         avatar: str,
         counts: dict[str, int],
         delay_s: float,
+        lookahead_s: float,
         jitter_s: float,
         backend_stats: dict[str, int],
         uptime_s: float,
@@ -70,9 +80,11 @@ class SessionStats:
             "frames": counts,
             "latency_ms": percentiles_ms(self.latency_s),
             "delay_ms": round(delay_s * 1000.0, 1),
+            "lookahead_ms": round(lookahead_s * 1000.0, 1),
             "jitter_ms": round(jitter_s * 1000.0, 1),
             "sent_before_audio": self.sent_before_audio,
             "backend_stats": backend_stats,
             "backend_ms": percentiles_ms(self.backend_s),
+            "stages_ms": {stage: percentiles_ms(values) for stage, values in self.stages_s.items()},
             "uptime_s": round(uptime_s, 1),
         }

@@ -1,7 +1,8 @@
 """One worker thread per loaded backend, shared by every session: batches jobs, off the loop.
 
 Sessions submit a callable that builds the job (so image conversion also happens in the worker
-thread) and get an asyncio future of (frame, seconds of backend time per job). Jobs waiting when
+thread) and get an asyncio future of a ``JobResult``: the frame, the backend time per job, and
+when the job was picked up, built and finished (for the per-stage timings). Jobs waiting when
 the worker becomes free are taken together, up to the backend's preferred batch size, so frames
 of different sessions due in the same tick share one ``generate`` call.
 
@@ -27,7 +28,14 @@ from engines.base import Backend, BackendError, FrameJob, check_frames
 
 log = logging.getLogger(__name__)
 
-Result = tuple[np.ndarray, float]
+@dataclass(frozen=True)
+class JobResult:
+    frame: np.ndarray
+    backend_s: float  # the batch's generate time divided by its jobs (the backend's speed)
+    service_s: float  # the worker's whole time per job, building included (what a job costs)
+    picked: float  # wall times (monotonic): the worker took the batch off the queue,
+    built: float  # built its jobs and called generate,
+    finished: float  # and generate returned
 
 
 class BackendHung(BackendError):
@@ -37,11 +45,11 @@ class BackendHung(BackendError):
 @dataclass
 class _Pending:
     build: Callable[[], FrameJob]
-    future: asyncio.Future[Result]
+    future: asyncio.Future[JobResult]
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[JobResult], result: JobResult | None, error: BaseException | None) -> None:
     if future.done():
         return  # the session went away and cancelled it
     if error is not None:
@@ -50,7 +58,7 @@ def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseEx
         future.set_result(result)  # type: ignore[arg-type]
 
 
-def _post(pending: _Pending, result: Result | None, error: BaseException | None) -> None:
+def _post(pending: _Pending, result: JobResult | None, error: BaseException | None) -> None:
     """Settle a job's future from the worker thread (its loop may be gone after an abandon)."""
     try:
         pending.loop.call_soon_threadsafe(_settle, pending.future, result, error)
@@ -62,15 +70,15 @@ class BackendWorker:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._busy_since: float | None = None  # perf_counter when the running batch started
+        self._busy_since: float | None = None  # monotonic time when the running batch started
         self._running: list[_Pending] = []
         self.abandoned: str = ""  # why the worker was given up (empty while it is in service)
         self._thread = threading.Thread(target=self._run, name=f"backend-{backend.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, build: Callable[[], FrameJob]) -> asyncio.Future[Result]:
+    def submit(self, build: Callable[[], FrameJob]) -> asyncio.Future[JobResult]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
+        future: asyncio.Future[JobResult] = loop.create_future()
         if self.abandoned:
             future.set_exception(BackendHung(self.abandoned))
         else:
@@ -80,7 +88,7 @@ class BackendWorker:
     def busy_s(self) -> float:
         """How long the batch now in generate() has been running (0 when idle)."""
         since = self._busy_since
-        return 0.0 if since is None else time.perf_counter() - since
+        return 0.0 if since is None else time.monotonic() - since
 
     def abandon(self, reason: str) -> None:
         """Fail every waiting and running job with BackendHung and take no more (loop thread)."""
@@ -121,6 +129,7 @@ class BackendWorker:
             first = more = batch = None  # type: ignore[assignment]  # hold no session's job (nor its buffers) while waiting
 
     def _process(self, batch: list[_Pending]) -> None:
+        picked = time.monotonic()
         jobs: list[FrameJob] = []
         ready: list[_Pending] = []
         for pending in batch:
@@ -134,8 +143,8 @@ class BackendWorker:
                 _post(pending, None, exc)
         if not jobs:
             return
-        started = time.perf_counter()
-        self._running, self._busy_since = ready, started
+        built = time.monotonic()
+        self._running, self._busy_since = ready, built
         try:
             frames = self.backend.generate(jobs)
             check_frames(jobs, frames)
@@ -146,6 +155,7 @@ class BackendWorker:
             return
         finally:
             self._running, self._busy_since = [], None
-        per_job = (time.perf_counter() - started) / len(jobs)
+        finished = time.monotonic()
+        per_job, service = (finished - built) / len(jobs), (finished - picked) / len(jobs)
         for pending, frame in zip(ready, frames):
-            _post(pending, (frame, per_job), None)
+            _post(pending, JobResult(frame, per_job, service, picked, built, finished), None)

@@ -26,12 +26,12 @@ try:
 except ImportError:  # tests/ is not a package and only it is on sys.path
     from browser_media import make_fake_capture_files
 
+from benchmarks.chromium import launch, missing_browser
+
 pytestmark = pytest.mark.browser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SERVER_START_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 20.0
 
@@ -126,42 +126,15 @@ def _serve(tmp_path_factory, extra: list[str]):
 @pytest.fixture
 def browser(request, fake_media, server):
     """A fresh headless Chromium with the talking clip as camera and microphone."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    missing = missing_browser()
     if missing:
         pytest.fail(
             f"browser tests need {' and '.join(missing)}: install them with "
             f"`apt-get install chromium chromium-driver`"
         )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     y4m, wav = fake_media
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-        f"--use-file-for-fake-video-capture={y4m}",
-        f"--use-file-for-fake-audio-capture={wav}",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1100",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(CHROMEDRIVER))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_script_timeout(30)
+    driver = launch(y4m, wav, Path(profile))
     failed_before = request.session.testsfailed
     try:
         yield driver
@@ -396,3 +369,84 @@ def test_token_prompt_and_full_server_are_shown(browser, guarded_server):
         assert browser.execute_script("return window.lipsync.pc") is None
     finally:
         thread.join(timeout=30)
+
+
+def test_viewer_page_plays_a_whip_channel(browser, server):
+    """A streamer's setup: an aiortc WHIP client (as OBS) sends real speech to a channel; the
+    viewer page (an OBS Browser Source) plays the lip-synced avatar full-window on the key colour."""
+    import asyncio
+    import threading
+
+    import aiohttp
+
+    from benchmarks.peer import ArrayMicrophone, whip_publish
+    from stream_server.media_io import load_audio
+    from tests.media import shared_media
+
+    speech = load_audio(shared_media("audio", "musetalk_eng.wav"), 48000)[: 48000 * 20]
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    async def produce() -> None:
+        async with aiohttp.ClientSession() as http:
+            body = {"name": "show", "options": {"backend": "mesh", "avatar": "astronaut", "fps": 25}}
+            async with http.post(f"{server.url}/channels", json=body) as response:
+                assert response.status == 201, await response.text()
+        pc, resource = await whip_publish(server.url, "show", [ArrayMicrophone(speech)])
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(resource) as response:
+                assert response.status == 200
+            async with http.delete(f"{server.url}/channels/show") as response:
+                assert response.status == 200
+        await pc.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(produce())
+        except BaseException as exc:  # reported by the test below
+            failure.append(exc)
+
+    producer = threading.Thread(target=run, daemon=True)
+    producer.start()
+    try:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        deadline = time.monotonic() + 15
+        while _http_status(f"{server.url}/view/show") != 200 and time.monotonic() < deadline and not failure:
+            time.sleep(0.2)
+        browser.get(f"{server.url}/view/show")
+        WebDriverWait(browser, CONNECT_TIMEOUT_S, poll_frequency=0.2).until(
+            lambda d: d.execute_script("const v = document.getElementById('video'); return v.readyState >= 2 && v.currentTime > 1;"),
+            message=f"the viewer page never played (message: {_text(browser, 'message')!r})",
+        )
+        stats_js = """
+        const done = arguments[arguments.length - 1];
+        window.viewer.pc.getStats().then(report => {
+          const out = {t: performance.now()};
+          report.forEach(r => { if (r.type === 'inbound-rtp') out[r.kind] = r.kind === 'video' ? r.framesDecoded : r.packetsReceived; });
+          done(out);
+        });"""
+        a = browser.execute_async_script(stats_js)
+        time.sleep(5.0)
+        b = browser.execute_async_script(stats_js)
+        seconds = (b["t"] - a["t"]) / 1000.0
+        fps, audio_packets = (b["video"] - a["video"]) / seconds, (b["audio"] - a["audio"]) / seconds
+        print(f"viewer page: {fps:.1f} fps decoded, {audio_packets:.0f} audio packets/s")
+        assert fps >= 20.0, f"viewer page decoded {fps:.1f} fps"  # as the page test: Chromium shares 2 cores
+        assert audio_packets >= 40, "the viewer page gets no audio"  # Opus: 50 packets/s
+        layout = browser.execute_script(
+            "const v = document.getElementById('video'); const r = v.getBoundingClientRect();"
+            "return {bg: getComputedStyle(document.body).backgroundColor, w: r.width, h: r.height,"
+            " ww: innerWidth, wh: innerHeight, controls: v.controls, speaking: document.body.dataset.speaking};"
+        )
+        assert layout["bg"] == "rgb(0, 255, 0)" and not layout["controls"], layout
+        assert (layout["w"], layout["h"]) == (layout["ww"], layout["wh"]), f"not full-window: {layout}"
+        assert layout["speaking"] in ("true", "false"), "the page did not get the channel's events"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "browser_e2e_viewer_page.png"))
+    finally:
+        stop.set()
+        producer.join(timeout=15)
+    assert not failure, f"the WHIP producer failed: {failure[0]!r}"

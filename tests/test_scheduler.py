@@ -132,3 +132,27 @@ def test_starting_late_skips_to_the_first_slot_that_can_make_it() -> None:
     scheduler.start_at(1.0)  # the session's first frames were due a second ago
     assert scheduler.deadline(scheduler.next_emit) >= 1.0 + 0.02
     assert scheduler.deadline(scheduler.next_emit - 1) < 1.0 + 0.02
+
+
+def test_a_job_still_out_at_its_deadline_is_withdrawn_and_frees_its_place() -> None:
+    scheduler: FrameScheduler[int] = FrameScheduler(SchedulerConfig(fps=FPS, budget_s=0.06), backend_s=0.01)
+    scheduler.start_at(0.0)
+    assert scheduler.poll(0.0, audio_horizon=1.0) == [0, 1]  # two in flight: the queue is full
+    assert scheduler.poll(0.01, audio_horizon=1.0) == []
+    assert scheduler.emit(0).kind is FrameKind.REPEATED  # slot 0's deadline came without its frame
+    scheduler.abandon(0)
+    assert scheduler.in_flight == {1} and scheduler.counts.dropped == 1
+    assert scheduler.poll(0.07, audio_horizon=1.0) == [2]  # its place is free again
+
+
+def test_after_a_result_the_jobs_still_out_are_planned_from_now() -> None:
+    """Jobs that take longer than estimated must not leave the plan behind reality: after a
+    result, the next hand-out is planned behind the jobs still out, counted from that result."""
+    scheduler: FrameScheduler[int] = FrameScheduler(SchedulerConfig(fps=FPS, budget_s=0.5), backend_s=0.02)
+    scheduler.start_at(0.0)
+    assert scheduler.poll(0.0, audio_horizon=1.0) == [0, 1]  # planned to be done by 0.04
+    scheduler.completed(0, 0, now=0.1)  # the first one took 0.1 s, five times the estimate
+    scheduler.emit(0)
+    # slot 1 is still out after 0.1, so slot 2 is planned to be done by 0.1 + 2 x 0.02, not 0.06
+    assert scheduler.poll(0.1, audio_horizon=1.0) == [2]
+    assert scheduler._busy_until == pytest.approx(0.1 + 2 * 0.02)

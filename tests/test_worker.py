@@ -30,8 +30,9 @@ async def test_jobs_waiting_together_share_one_generate_call() -> None:
         worker.stop()
     assert sum(BatchingBackend.batches) == 8 and max(BatchingBackend.batches) == 4
     assert len(BatchingBackend.batches) <= 4
-    for (frame, seconds), k in zip(results, [k for k in range(4) for _ in "ab"]):
-        assert frame.shape == (32, 32, 3) and frame[0, 0, 0] == k * 8 and seconds > 0
+    for result, k in zip(results, [k for k in range(4) for _ in "ab"]):
+        assert result.frame.shape == (32, 32, 3) and result.frame[0, 0, 0] == k * 8 and result.backend_s > 0
+        assert result.picked <= result.built < result.finished
 
 
 @pytest.mark.parametrize(("mode", "message"), [("raise", "model exploded"), ("shape", "expected (32, 32, 3)")])

@@ -1,0 +1,121 @@
+"""How many sessions fit on this machine: N sessions at once on one server.
+
+The server runs in its own process (``serve --trace``); this process runs N aiortc peers, each a
+microphone playing real speech (looped) with a receive-only video section, so the server
+lip-syncs the avatar (the bundled portrait by default) for each of them. Per N: every session's
+received fps (mean after a 3 s start, worst 1 s window), its server latency from the trace, and
+the server's CPU (cores busy) and memory. N holds when every session keeps a mean >= 24.5 fps,
+a worst 1 s window >= 23 fps and a p95 server latency <= 150 ms. The peers' own CPU (VP8
+decoding, Opus) is reported too: on a 2-core machine they compete with the server.
+
+    python -m benchmarks.concurrency [--backend mesh] [--sessions 1,2,4,8] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.live import free_port, pct, start_server, stop_server
+from benchmarks.peer import ArrayMicrophone, stream_microphone
+from benchmarks.proc_usage import UsageSampler
+from benchmarks.results_io import ROOT, save
+from benchmarks.stress import fps_windows
+from stream_server.media_io import load_audio
+
+SPEECH = ROOT.parent / "shared" / "testdata" / "audio" / "musetalk_eng.wav"
+SKIP_S = 3.0
+HOLD = {"fps_mean": 24.5, "fps_worst_1s": 23.0, "latency_p95_ms": 150.0}
+
+
+def session_latencies(trace: Path) -> dict[str, np.ndarray]:
+    """Per session: (hand-off time, server latency s) of every frame with a known latency."""
+    by_session: dict[str, list[tuple[float, float]]] = {}
+    for line in trace.read_text().splitlines():
+        record = json.loads(line)
+        if record["latency_ms"] is not None:
+            by_session.setdefault(record["session"], []).append((record["handoff"], record["latency_ms"] / 1000.0))
+    return {sid: np.array(rows) for sid, rows in by_session.items()}
+
+
+async def measure(backend: str, avatar: str, sessions: int, seconds: float) -> dict[str, Any]:
+    speech = load_audio(SPEECH, 48000)
+    trace = Path(tempfile.mkdtemp()) / "trace.jsonl"
+    port = free_port()
+    server = start_server(port, ["--trace", str(trace), "--max-sessions", str(max(sessions, 4))])
+    url = f"http://127.0.0.1:{port}"
+    server_usage, peer_usage = UsageSampler(server.pid), UsageSampler(os.getpid())
+    samplers = [asyncio.create_task(server_usage.run()), asyncio.create_task(peer_usage.run())]
+    ids: list[str] = []
+    try:
+        # each peer starts at another point of the speech, so the sessions do not move in step
+        mics = [ArrayMicrophone(np.roll(speech, -k * 48000 * 7)) for k in range(sessions)]
+        received = await asyncio.gather(*(
+            stream_microphone(url, mic, seconds, {"backend": backend, "avatar": avatar, "fps": 25},
+                              on_answer=lambda a: ids.append(a["session_id"]))
+            for mic in mics
+        ))
+    finally:
+        for task in samplers:
+            task.cancel()
+        stop_server(server)
+    latencies = session_latencies(trace)
+    per_session = []
+    for session_id, got in zip(ids, received):
+        mean, worst, _ = fps_windows([arrival for arrival, _, _ in got.video], skip_s=SKIP_S)
+        rows = latencies.get(session_id, np.zeros((0, 2)))
+        steady = rows[rows[:, 0] >= rows[0, 0] + SKIP_S, 1] if len(rows) else np.zeros(0)
+        per_session.append({
+            "fps_mean": round(mean, 2), "fps_worst_1s": worst,
+            "latency_ms": {"p50": pct(steady, 50), "p95": pct(steady, 95)} if len(steady) else None,
+        })
+    holds = all(
+        s["fps_mean"] >= HOLD["fps_mean"] and s["fps_worst_1s"] >= HOLD["fps_worst_1s"]
+        and s["latency_ms"] is not None and s["latency_ms"]["p95"] <= HOLD["latency_p95_ms"]
+        for s in per_session
+    )
+    return {
+        "sessions": sessions,
+        "holds": holds,
+        "fps_mean_min": min(s["fps_mean"] for s in per_session),
+        "fps_worst_1s_min": min(s["fps_worst_1s"] for s in per_session),
+        "latency_p95_ms_max": max((s["latency_ms"]["p95"] for s in per_session if s["latency_ms"]), default=None),
+        "server": server_usage.summary(SKIP_S),
+        "peers": peer_usage.summary(SKIP_S),
+        "per_session": per_session,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="mesh")
+    parser.add_argument("--avatar", default="astronaut")
+    parser.add_argument("--sessions", default="1,2,4,8")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    runs = []
+    for n in (int(x) for x in args.sessions.split(",")):
+        print(f"{n} session(s) for {args.seconds:.0f} s ...", flush=True)
+        run = asyncio.run(measure(args.backend, args.avatar, n, args.seconds))
+        runs.append(run)
+        print(f"  holds {run['holds']}: fps min {run['fps_mean_min']} (worst 1 s {run['fps_worst_1s_min']}), "
+              f"p95 latency max {run['latency_p95_ms_max']} ms, server {run['server']['cpu_cores_mean']} cores "
+              f"{run['server']['rss_mb_max']} MB, peers {run['peers']['cpu_cores_mean']} cores", flush=True)
+    held = [r["sessions"] for r in runs if r["holds"]]
+    result = {
+        "benchmark": "concurrency", "backend": args.backend, "avatar": args.avatar, "seconds": args.seconds,
+        "hold_rule": HOLD, "largest_n_holding": max(held) if held else 0, "runs": runs,
+    }
+    out = save(f"concurrency_{args.backend}_{args.avatar}", result)
+    print(f"largest N holding: {result['largest_n_holding']}; wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
