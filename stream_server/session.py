@@ -528,6 +528,8 @@ class Session:
         self.audio_out.release()
         self.camera.frames.clear()
         self._camera_cache = None
+        self._jobs.clear()  # their futures' callbacks refer back to us
+        self._slot_times.clear()
 
 
 class SlotVideoTrack(MediaStreamTrack):
