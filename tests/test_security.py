@@ -32,6 +32,18 @@ API_CALLS = [
     ("POST", "/offer", b"{}"),
     ("DELETE", "/sessions/abc", None),
     ("GET", "/ws/stats?session=abc", None),
+    ("POST", "/whip/studio", b"v=0"),
+    ("PATCH", "/whip/studio", b""),
+    ("DELETE", "/whip/studio/abc", None),
+    ("POST", "/whep/studio", b"v=0"),
+    ("DELETE", "/whep/studio/abc", None),
+    ("GET", "/channels", None),
+    ("POST", "/channels", b"{}"),
+    ("DELETE", "/channels/studio", None),
+    ("POST", "/channels/studio/recording", None),
+    ("DELETE", "/channels/studio/recording", None),
+    ("GET", "/ws/channels/studio", None),
+    ("GET", "/view/studio", None),
 ]
 
 
