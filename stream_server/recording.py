@@ -45,7 +45,12 @@ class Recorder:
 
     async def stop(self) -> float:
         """Finish the file; returns its length in seconds of wall time recorded."""
-        self._queue.put(None)
+        while self._thread.is_alive():  # (a writer that failed has stopped reading the queue)
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                await asyncio.sleep(0.05)
         await asyncio.to_thread(self._thread.join)
         return time.time() - self.started
 
@@ -54,37 +59,40 @@ class Recorder:
         video = audio = None
         origin: float | None = None  # channel time (s) of the file's first frame
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=AUDIO_RATE, frame_size=1024)  # AAC's frame
-        next_sample = 0
+        next_sample: int | None = None  # the next AAC sample's place; the audio is gapless from its first frame
         try:
             while (item := self._queue.get()) is not None:
                 kind, frame = item
                 seconds = float(frame.pts * frame.time_base)
-                origin = seconds if origin is None else origin
+                if origin is None:
+                    if kind != "video":
+                        continue  # the file starts with a picture (its size is the first frame's)
+                    # both streams before the first packet: a container takes no stream later
+                    origin = seconds
+                    video = container.add_stream("libx264", rate=self.fps)
+                    video.width, video.height, video.pix_fmt = frame.width, frame.height, "yuv420p"
+                    video.options = {"preset": "veryfast", "crf": "20"}
+                    video.codec_context.time_base = Fraction(1, self.fps)
+                    audio = container.add_stream("aac", rate=AUDIO_RATE)
+                    audio.layout = "mono"
                 if seconds < origin:
-                    continue  # the other track had started later: nothing to align it to
+                    continue  # audio from before the first picture
                 if kind == "video":
-                    if video is None:
-                        video = container.add_stream("libx264", rate=self.fps)
-                        video.width, video.height, video.pix_fmt = frame.width, frame.height, "yuv420p"
-                        video.options = {"preset": "veryfast", "crf": "20"}
-                        video.codec_context.time_base = Fraction(1, self.fps)
                     out = frame.reformat(format="yuv420p") if frame.format.name != "yuv420p" else frame
                     copy = av.VideoFrame.from_ndarray(out.to_ndarray(), format="yuv420p")
                     copy.pts, copy.time_base = round((seconds - origin) * self.fps), Fraction(1, self.fps)
-                    for packet in video.encode(copy):
+                    for packet in video.encode(copy):  # type: ignore[union-attr]
                         container.mux(packet)
                 else:
-                    if audio is None:
-                        audio = container.add_stream("aac", rate=AUDIO_RATE)
-                        audio.layout = "mono"
-                        next_sample = round((seconds - origin) * AUDIO_RATE)  # the audio is gapless from here
+                    if next_sample is None:
+                        next_sample = round((seconds - origin) * AUDIO_RATE)
                     # a copy: viewers' senders share the frame, and the resampler needs pts unset
                     copy = av.AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name)
                     copy.sample_rate = frame.sample_rate
                     for part in resampler.resample(copy):
                         part.pts, part.time_base = next_sample, Fraction(1, AUDIO_RATE)
                         next_sample += part.samples
-                        for packet in audio.encode(part):
+                        for packet in audio.encode(part):  # type: ignore[union-attr]
                             container.mux(packet)
             for stream in (video, audio):
                 if stream is not None:

@@ -3,10 +3,12 @@
 Two sources:
 
 * **Synthetic speech with exact phone timing** (Festival, Debian packages ``festival``,
-  ``festvox-kallpc16k`` and ``festvox-us-slt-hts``): sentences written below and random word
-  sequences drawn (fixed seed) from the word list below, spoken at several speaking rates; the
-  phone segments Festival reports (``utt.save.segs``) are mapped to mouth targets through
-  :data:`VISEMES` and smoothed for coarticulation.
+  ``festvox-kallpc16k``, ``festvox-kdlpc16k`` and ``festvox-us-slt-hts``; espeak-ng, Debian package
+  ``espeak-ng``): sentences written below and random word sequences drawn (fixed seed) from the word
+  list below, spoken at several speaking rates (Festival) or by random espeak-ng accents, voice
+  variants, rates and pitches; the phone segments Festival reports (``utt.save.segs``) or
+  espeak-ng's phoneme events are mapped to mouth targets through :data:`VISEMES` and smoothed for
+  coarticulation.
 * **Real talking clips** (``../shared/testdata/video``, read in place, never copied): the mouth
   track FaceMesh measures on each frame, with the clip's own audio as input.
 
@@ -138,7 +140,7 @@ def random_texts(count: int, seed: int = 0) -> list[str]:
     return texts[:count]
 
 
-FESTIVAL_VOICES = {"kal": "voice_kal_diphone", "slt": "voice_cmu_us_slt_arctic_hts"}
+FESTIVAL_VOICES = {"kal": "voice_kal_diphone", "slt": "voice_cmu_us_slt_arctic_hts", "ked": "voice_ked_diphone"}
 
 
 def synthesize_festival(texts: list[str], voice: str, stretch: float, workdir: Path) -> list[tuple[np.ndarray, list[tuple[float, str]]]]:
@@ -162,6 +164,116 @@ def synthesize_festival(texts: list[str], voice: str, stretch: float, workdir: P
             if len(parts) == 3 and parts[0] != "#":
                 segs.append((float(parts[0]), parts[2]))
         out.append((pcm, segs))
+    return out
+
+
+# espeak-ng (Debian package ``espeak-ng``): a formant synthesiser with many English accents and
+# voice variants; its phoneme events (libespeak-ng's C API, through ctypes) give the phone start
+# times. Its phoneme mnemonics are mapped onto the Festival phone names of :data:`VISEMES`.
+ESPEAK_PHONES = {
+    "a": "ae", "a#": "ax", "A:": "aa", "A@": "aa", "aa": "ae", "A": "aa", "@": "ax", "@2": "ax", "@5": "ax",
+    "@L": "l", "3:": "er", "3": "er", "E": "eh", "e@": "eh", "e": "eh", "eI": "ey", "I": "ih", "I2": "ih",
+    "I#": "ih", "i": "iy", "i:": "iy", "i@": "iy", "i@3": "iy", "0": "aa", "O:": "ao", "O@": "ao", "O": "ao",
+    "o@": "ao", "0@": "ao", "oU": "ow", "o:": "ow", "OI": "oy", "aI": "ay", "aU": "aw", "aI@": "ay", "aI3": "ay",
+    "aU@": "aw", "U": "uh", "u:": "uw", "U@": "uh", "V": "ah", "@U": "ow", "IR": "ih", "VR": "ah",
+    "p": "p", "b": "b", "t": "t", "d": "d", "k": "k", "g": "g", "f": "f", "v": "v", "s": "s", "z": "z",
+    "m": "m", "n": "n", "l": "l", "r": "r", "w": "w", "h": "hh", "T": "th", "D": "dh", "S": "sh", "Z": "zh",
+    "N": "ng", "j": "y", "tS": "ch", "dZ": "jh", "t#": "t", "?": "t", "n-": "n", "l/": "l", "r-": "r",
+    "x": "k", "C": "hh", "z#": "z", "d#": "d", "t2": "t", "d2": "d", "m-": "m", "W": "w",
+}
+ESPEAK_SHIFT_S = 0.02
+ESPEAK_VOICES = ("en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc", "en-gb-x-gbclan")
+ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
+                   "klatt", "klatt2", "klatt3", "klatt4", "Andy", "Annie", "belinda", "john", "linda", "max")
+
+
+def espeak_phone(mnemonic: str) -> str:
+    m = mnemonic.strip("'\",%=")
+    if not m or m.startswith("_"):
+        return "pau"
+    if m in ESPEAK_PHONES:
+        return ESPEAK_PHONES[m]
+    for k in (m[:2], m[:1]):  # e.g. "@r" -> "@", "i@3" variants
+        if k in ESPEAK_PHONES:
+            return ESPEAK_PHONES[k]
+    return "ax"
+
+
+class _Espeak:
+    """libespeak-ng in synchronous mode with phoneme events."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+        try:
+            self.lib = ctypes.CDLL(name)
+        except OSError as exc:
+            raise SystemExit("espeak-ng is not installed: apt-get install -y espeak-ng") from exc
+
+        class Event(ctypes.Structure):
+            _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                        ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                         ctypes.POINTER(Event))
+        self.rate = self.lib.espeak_Initialize(2, 0, None, 1)  # AUDIO_OUTPUT_SYNCHRONOUS, phoneme events
+        if self.rate <= 0:
+            raise RuntimeError("espeak_Initialize failed")
+        self.chunks: list[np.ndarray] = []
+        self.events: list[tuple[int, str]] = []
+
+        def collect(wav, n, events):  # noqa: ANN001
+            if n > 0:
+                self.chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
+            i = 0
+            while events[i].type != 0:  # espeakEVENT_LIST_TERMINATED
+                if events[i].type == 7:  # espeakEVENT_PHONEME
+                    self.events.append((events[i].sample, events[i].id.decode("ascii", "replace")))
+                i += 1
+            return 0
+
+        self._callback = callback_type(collect)  # keep a reference
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def speak(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> tuple[np.ndarray, list[tuple[float, str]]]:
+        from scipy.signal import resample_poly
+
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise RuntimeError(f"espeak-ng voice {voice} not found")
+        for param, value in ((1, rate), (3, pitch), (4, pitch_range)):  # espeakRATE, espeakPITCH, espeakRANGE
+            self.lib.espeak_SetParameter(param, int(value), 0)
+        self.chunks, self.events = [], []
+        raw = text.encode()
+        self.lib.espeak_Synth(raw, len(raw) + 1, 0, 1, 0, 0, None, None)  # POS_CHARACTER, espeakCHARS_AUTO
+        self.lib.espeak_Synchronize()
+        pcm = np.concatenate(self.chunks).astype(np.float32) / 32768.0 if self.chunks else np.zeros(1, np.float32)
+        total = len(pcm) / self.rate
+        g = np.gcd(self.rate, SR)
+        pcm = resample_poly(pcm, SR // g, self.rate // g).astype(np.float32)
+        starts = [(s / self.rate, espeak_phone(p)) for s, p in self.events]
+        segs: list[tuple[float, str]] = []
+        if starts and starts[0][0] > 0:
+            segs.append((starts[0][0], "pau"))
+        for k, (start, phone) in enumerate(starts):
+            end = starts[k + 1][0] if k + 1 < len(starts) else total
+            if end > start:
+                segs.append((end, phone))
+        if not segs or segs[-1][0] < total:
+            segs.append((total, "pau"))
+        return pcm, segs
+
+
+def synthesize_espeak(texts: list[str], rng: np.random.Generator) -> list[tuple[np.ndarray, list[tuple[float, str]]]]:
+    """Each text with a random espeak-ng accent, voice variant, speaking rate and pitch."""
+    engine = _Espeak()
+    out = []
+    for text in texts:
+        voice = f"{rng.choice(ESPEAK_VOICES)}+{rng.choice(ESPEAK_VARIANTS)}"
+        out.append(engine.speak(text, voice, rate=int(rng.integers(130, 210)), pitch=int(rng.integers(25, 75)),
+                                pitch_range=int(rng.integers(20, 90))))
     return out
 
 
@@ -253,31 +365,45 @@ def change_speed(pcm: np.ndarray, factor: float) -> np.ndarray:
 
 # --- the two sources ------------------------------------------------------------------------------
 
-def tts_utterances(n_texts: int, copies: int, seed: int = 0, log=print) -> list[Utterance]:
-    """Festival speech for ``n_texts`` texts per voice and speaking rate, ``copies`` augmented copies each."""
+def tts_utterances(n_texts: int, copies: int, seed: int = 0, log=print, espeak_texts: int = 0,
+                   festival_voices: tuple[str, ...] = ("kal", "slt")) -> list[Utterance]:
+    """Festival speech for ``n_texts`` texts per voice and speaking rate, plus ``espeak_texts`` texts
+    spoken by random espeak-ng voices; ``copies`` augmented copies each."""
     rng = np.random.default_rng(seed)
     logmel = features.LogMel()
     texts = random_texts(n_texts, seed)
     out: list[Utterance] = []
-    for voice in FESTIVAL_VOICES:
+
+    def add(name: str, spoken: list[tuple[np.ndarray, list[tuple[float, str]]]]) -> None:
+        for i, (pcm, segs) in enumerate(spoken):
+            for c in range(copies):
+                speed = float(rng.uniform(0.9, 1.1)) if c > 0 else 1.0
+                audio = change_speed(pcm, speed) if speed != 1.0 else pcm
+                # leading / trailing pause, so that noise-only stretches longer than the
+                # context are seen too (targets: closed)
+                lead = int(rng.uniform(0.1, 1.5) * SR)
+                audio = np.concatenate([np.zeros(lead, np.float32), audio,
+                                        np.zeros(int(rng.uniform(0.1, 1.5) * SR), np.float32)])
+                audio = augment(audio, rng, strength=1.0 if c > 0 else 0.3)
+                mel = logmel.frames(audio)
+                shifted = [(end / speed + lead / SR, p) for end, p in segs]
+                targets = phone_targets(shifted, len(mel))
+                out.append(Utterance(f"{name}-{i}-{c}", audio, targets, np.ones_like(targets)))
+
+    for voice in festival_voices:
         for stretch in (0.85, 1.0, 1.25):
             with tempfile.TemporaryDirectory() as tmp:
                 spoken = synthesize_festival(texts, voice, stretch, Path(tmp))
-            for i, (pcm, segs) in enumerate(spoken):
-                for c in range(copies):
-                    speed = float(rng.uniform(0.9, 1.1)) if c > 0 else 1.0
-                    audio = change_speed(pcm, speed) if speed != 1.0 else pcm
-                    # leading / trailing pause, so that noise-only stretches longer than the
-                    # context are seen too (targets: closed)
-                    lead = int(rng.uniform(0.1, 1.5) * SR)
-                    audio = np.concatenate([np.zeros(lead, np.float32), audio,
-                                            np.zeros(int(rng.uniform(0.1, 1.5) * SR), np.float32)])
-                    audio = augment(audio, rng, strength=1.0 if c > 0 else 0.3)
-                    mel = logmel.frames(audio)
-                    shifted = [(end / speed + lead / SR, p) for end, p in segs]
-                    targets = phone_targets(shifted, len(mel))
-                    out.append(Utterance(f"{voice}-{stretch}-{i}-{c}", audio, targets, np.ones_like(targets)))
+            add(f"{voice}-{stretch}", spoken)
             log(f"  festival {voice} stretch {stretch}: {len(texts)} texts x {copies} copies")
+    if espeak_texts:
+        # texts of their own (another seed); 20 ms earlier: espeak-ng's phoneme events come about
+        # 20-30 ms later than the acoustic phone boundaries (energy against targets peaks there,
+        # where Festival's peak at 0)
+        spoken = synthesize_espeak(random_texts(espeak_texts + len(SENTENCES), seed + 1000)[len(SENTENCES):]
+                                   + list(SENTENCES), np.random.default_rng(seed + 1))
+        add("espeak", [(pcm, [(max(end - ESPEAK_SHIFT_S, 0.0), p) for end, p in segs]) for pcm, segs in spoken])
+        log(f"  espeak-ng: {len(spoken)} texts x {copies} copies")
     return out
 
 

@@ -9,9 +9,12 @@ window's maximum log-mel value (over the whole context, so that a pause after sp
 quiet relative to the speech before it) is subtracted, the result clipped ``floor`` below it and
 scaled to [0, 1]; one extra input says how loud the window is in absolute terms (a silence gate
 the network learns to use). The network sees the last ``detail_s + lookahead_s`` of it.
-Architecture: a per-frame projection shared over time (80 -> P, ReLU), the projections of the
-detail frames flattened, two dense ReLU layers, and three outputs:
-open (sigmoid), width (tanh), closure (sigmoid), as ``engines.mouth.MouthParams`` defines them.
+With ``local_frames`` the detail frames enter a second time, relative to the maximum of the last
+``local_frames`` frames (the local spectral shape). Architecture: a per-frame projection shared over
+time (80 or 160 -> P, ReLU), the projections of the detail frames flattened, two dense ReLU layers,
+and three outputs: open (sigmoid), width (tanh), closure (sigmoid), as ``engines.mouth.MouthParams``
+defines them. The weights may hold several such networks (keys ``m0.``, ``m1.``, ...: an ensemble
+whose outputs are averaged).
 
 Optionally (``ridge_frames > 0``; ``blend.py`` fits it) the ``open`` output is blended with a
 ridge regression trained on real talking clips' mouth tracks: coarse log-mel patches of the last
@@ -46,6 +49,9 @@ class Config:
     proj: int = 24
     hidden: int = 128
     hidden2: int = 64
+    # > 0: each detail frame also enters relative to the maximum of the last ``local_frames`` frames
+    # (the local spectral shape, as the ridge sees it), doubling the projection's input to 160
+    local_frames: int = 0
     # ridge blend for ``open`` (0 frames: network only)
     ridge_frames: int = 0
     ridge_pool: int = 8
@@ -66,10 +72,16 @@ class Config:
 
 def normalise(mel: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
     """(B, T, 80) log-mel -> ((B, D, 80) in [0, 1]: the last D = detail_frames frames relative to the
-    whole window's maximum, (B, 1) level of that maximum in [0, 1])."""
+    whole window's maximum (with ``local_frames``: (B, D, 160), the same frames relative to the maximum of
+    the last ``local_frames`` frames appended, clipped to 1), (B, 1) level of that maximum in [0, 1])."""
     mel = np.asarray(mel, np.float32)
     top = mel.max(axis=(1, 2), keepdims=True)
-    x = (np.maximum(mel[:, -config.detail_frames:] - top, -config.floor) + config.floor) / config.floor
+    detail = mel[:, -config.detail_frames:]
+    x = (np.maximum(detail - top, -config.floor) + config.floor) / config.floor
+    if config.local_frames:
+        local_top = mel[:, -config.local_frames:].max(axis=(1, 2), keepdims=True)
+        x_local = (np.maximum(detail - local_top, -config.floor) + config.floor) / config.floor
+        x = np.concatenate([x, np.minimum(x_local, 1.0)], axis=2)
     level = np.clip((top[:, :, 0] - config.level_low) / (config.level_high - config.level_low), 0.0, 1.0)
     return x.astype(np.float32), level.astype(np.float32)
 
@@ -92,6 +104,11 @@ class AudioToMouth:
         self.lookahead_s = config.lookahead_s
         self.frames = config.frames
         self._p = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
+        # one network (keys "proj.w", ...) or an ensemble ("m0.proj.w", "m1.proj.w", ...) whose outputs are averaged
+        prefixes = [""] if "proj.w" in self._p else sorted(
+            k[: -len("proj.w")] for k in self._p if k.startswith("m") and k.endswith(".proj.w"))
+        self._nets = [{k[len(q):]: v for k, v in self._p.items() if k.startswith(q) and k[len(q):].split(".")[0] in LAYERS}
+                      for q in prefixes]
 
     @classmethod
     def load(cls, path: Path | None = None) -> "AudioToMouth":
@@ -107,6 +124,19 @@ class AudioToMouth:
         config = {k: getattr(self.config, k) for k in Config.__dataclass_fields__}
         np.savez(path, config=np.array(json.dumps(config)), **self._p)
 
+    @staticmethod
+    def _network(x: np.ndarray, level: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        h = np.maximum(x @ p["proj.w"] + p["proj.b"], 0.0)  # (B, T, P)
+        h = np.concatenate([h.reshape(len(h), -1), level], axis=1)
+        h = np.maximum(h @ p["fc1.w"] + p["fc1.b"], 0.0)
+        h = np.maximum(h @ p["fc2.w"] + p["fc2.b"], 0.0)
+        z = h @ p["out.w"] + p["out.b"]
+        out = np.empty_like(z)
+        out[:, 0] = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        out[:, 1] = np.tanh(z[:, 1])
+        out[:, 2] = 1.0 / (1.0 + np.exp(-z[:, 2]))
+        return out
+
     def predict(self, mel: np.ndarray) -> np.ndarray:
         """(T, 80) log-mel window -> float32 (3,) [open, width, closure]."""
         return self.predict_batch(np.asarray(mel)[None])[0]
@@ -118,15 +148,10 @@ class AudioToMouth:
             raise ValueError(f"expected mel windows of shape (B, {self.frames}, {features.N_MELS}), got {mels.shape}")
         p = self._p
         x, level = normalise(mels, self.config)
-        h = np.maximum(x @ p["proj.w"] + p["proj.b"], 0.0)  # (B, T, P)
-        h = np.concatenate([h.reshape(len(h), -1), level], axis=1)
-        h = np.maximum(h @ p["fc1.w"] + p["fc1.b"], 0.0)
-        h = np.maximum(h @ p["fc2.w"] + p["fc2.b"], 0.0)
-        z = h @ p["out.w"] + p["out.b"]
-        out = np.empty_like(z)
-        out[:, 0] = 1.0 / (1.0 + np.exp(-z[:, 0]))
-        out[:, 1] = np.tanh(z[:, 1])
-        out[:, 2] = 1.0 / (1.0 + np.exp(-z[:, 2]))
+        out = np.zeros((len(mels), 3), np.float32)
+        for net in self._nets:  # an ensemble averages its networks' outputs
+            out += self._network(x, level, net)
+        out /= len(self._nets)
         c = self.config
         if c.ridge_frames:
             r = ridge_features(mels, c.ridge_frames, c.ridge_pool, c.ridge_tpool) @ p["ridge.w"] + p["ridge.b"]
@@ -146,3 +171,13 @@ def mel_windows(mel: np.ndarray, times_s: np.ndarray, context_s: float, lookahea
         if hi > lo:
             out[i, lo - r.start:hi - r.start] = mel[lo:hi]
     return out
+
+
+def ensemble(models: list[AudioToMouth]) -> AudioToMouth:
+    """One model whose networks are ``models``' (same config), outputs averaged; no ridge blend."""
+    if len(models) == 1:
+        return AudioToMouth({k: v for k, v in models[0]._nets[0].items()}, models[0].config)
+    params = {f"m{i}.{k}": v for i, m in enumerate(models) for net in m._nets for k, v in net.items()}
+    if any(len(m._nets) != 1 for m in models):
+        raise ValueError("ensemble() takes single-network models")
+    return AudioToMouth(params, models[0].config)

@@ -1,15 +1,18 @@
 """Train the audio-to-mouth model from scratch and write ``weights.npz`` beside this file.
 
-    python -m engines.audio2mouth.train                 # data + weights (a few minutes on 2 cores):
-                                                        # the network on synthetic speech, then the ridge
-                                                        # blend on the real clips (blend.py), with its
-                                                        # nested leave-one-clip-out score
-    python -m engines.audio2mouth.train --no-blend      # the network alone (the previous shipped model)
+    python -m engines.audio2mouth.train                 # data + weights (about 20 min on one core):
+                                                        # 3 networks (seeds 0-2) on synthetic speech,
+                                                        # averaged, then the ridge blend on the real clips
+                                                        # (blend.py), with its nested leave-one-clip-out score
+    python -m engines.audio2mouth.train --no-blend      # the networks alone
+    python -m engines.audio2mouth.train --espeak 0 --festival kal,slt --local-frames 0 --ensemble 1
+                                                        # the data and network of the previous model
     python -m engines.audio2mouth.train --real --loco   # experiment: add the real clips' mouth tracks,
                                                         # with leave-one-clip-out scores
 
-Needs Festival (apt-get install -y festival festvox-kallpc16k festvox-us-slt-hts) and PyTorch
-(training only; inference is numpy). Data: see ``data.py`` and README.md.
+Needs Festival and espeak-ng (apt-get install -y festival festvox-kallpc16k festvox-kdlpc16k
+festvox-us-slt-hts espeak-ng) and PyTorch (training only; inference is numpy). Data: see ``data.py``
+and README.md.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.audio2mouth import blend, data, evaluate
-from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, mel_windows
+from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, ensemble, mel_windows
 from stream_server import features
 
 LOSS_WEIGHTS = np.array([1.0, 0.3, 0.5], np.float32)  # open, width, closure
@@ -83,7 +86,7 @@ def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.proj = torch.nn.Linear(features.N_MELS, P)
+            self.proj = torch.nn.Linear(features.N_MELS * (2 if config.local_frames else 1), P)
             self.fc1 = torch.nn.Linear(D * P + 1, config.hidden)
             self.fc2 = torch.nn.Linear(config.hidden, config.hidden2)
             self.out = torch.nn.Linear(config.hidden2, 3)
@@ -92,6 +95,10 @@ def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: 
         def forward(self, mel: torch.Tensor) -> torch.Tensor:
             top = mel.amax(dim=(1, 2), keepdim=True)
             x = (torch.clamp(mel[:, -D:] - top, min=-config.floor) + config.floor) / config.floor
+            if config.local_frames:
+                local_top = mel[:, -config.local_frames:].amax(dim=(1, 2), keepdim=True)
+                x_local = (torch.clamp(mel[:, -D:] - local_top, min=-config.floor) + config.floor) / config.floor
+                x = torch.cat([x, torch.clamp(x_local, max=1.0)], 2)
             level = torch.clamp((top[:, :, 0] - config.level_low) / (config.level_high - config.level_low), 0, 1)
             h = torch.relu(self.proj(x)).reshape(len(x), -1)
             h = self.drop(torch.cat([h, level], 1))
@@ -162,12 +169,21 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/audio2mouth-cache"),
                         help="where the real clips' mouth tracks are cached (outside the repository)")
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (results are reproducible bit for bit only at the same count)")
+    parser.add_argument("--espeak", type=int, default=2000, help="extra texts spoken by random espeak-ng voices")
+    parser.add_argument("--festival", default="kal,slt,ked", help="Festival voices (kal, slt, ked)")
+    parser.add_argument("--sigma", type=float, default=data.COARTICULATION_SIGMA_S,
+                        help="coarticulation smoothing of the targets, s")
+    parser.add_argument("--local-frames", type=int, default=20,
+                        help="also feed the detail frames relative to the maximum of the last N frames (0: off)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (of the first network)")
+    parser.add_argument("--ensemble", type=int, default=3, help="networks trained with seeds seed, seed + 1, ...; "
+                        "their outputs are averaged")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    config = Config()
+    config = Config(local_frames=args.local_frames)
     t0 = time.time()
     print("real clips: mouth tracks (FaceMesh)", flush=True)
     all_clips = data.real_clips(cache=args.cache)
@@ -175,7 +191,10 @@ def main() -> None:
     utterances = []
     if not args.no_tts:
         print("synthetic speech (Festival) with phone timing", flush=True)
-        utterances = data.tts_utterances(args.texts, args.copies, seed=0, log=lambda s: print(s, flush=True))
+        data.COARTICULATION_SIGMA_S = args.sigma
+        utterances = data.tts_utterances(args.texts, args.copies, seed=0, log=lambda s: print(s, flush=True),
+                                         espeak_texts=args.espeak,
+                                         festival_voices=tuple(v for v in args.festival.split(",") if v))
         print(f"  {len(utterances)} utterances, {sum(len(u.pcm) for u in utterances) / 16000 / 60:.1f} min "
               f"({time.time() - t0:.0f} s)", flush=True)
     results = {}
@@ -191,8 +210,15 @@ def main() -> None:
         results["leave_one_clip_out"] = evaluate.summarise("leave-one-clip-out", scores)
     print("final model on everything", flush=True)
     pool = Pool(config, utterances, augment_clips(clips, args.clip_copies, seed=1))
-    model = train(pool, config, args.steps, real_fraction=args.real_fraction if clips else 0.0,
-                  log=lambda s: print(s, flush=True))
+    members = []
+    for k in range(args.ensemble):
+        if args.ensemble > 1:
+            print(f"  network {k + 1}/{args.ensemble} (seed {args.seed + k})", flush=True)
+        members.append(train(pool, config, args.steps, seed=args.seed + k,
+                             real_fraction=args.real_fraction if clips else 0.0, log=lambda s: print(s, flush=True)))
+        if args.ensemble > 1 and not clips:
+            evaluate.summarise(f"    network {k + 1} alone (clean)", evaluate.model_scores(members[-1], all_clips))
+    model = ensemble(members)
     if not clips:
         results["final_clean"] = evaluate.summarise(
             "network on the real clips (none used in training: clean)", evaluate.model_scores(model, all_clips))
@@ -206,7 +232,7 @@ def main() -> None:
         results["blend_shipped"] = choice
         print(f"shipped blend (fitted on all {len(all_clips)} clips): {choice}", flush=True)
     model.save(args.out)
-    if not args.no_tts:
+    if not args.no_tts and args.out == DEFAULT_WEIGHTS:
         data.write_fixture(args.out.parent / "fixture_bilabial.npz")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)", flush=True)
     if clips:
@@ -214,7 +240,8 @@ def main() -> None:
             "final model on the clips it was trained on (contaminated)", evaluate.model_scores(model, clips))
     results["args"] = {k: str(v) for k, v in vars(args).items()}
     results["seconds"] = round(time.time() - t0)
-    (args.out.parent / "train_results.json").write_text(json.dumps(results, indent=1))
+    (args.out.with_name(args.out.stem.replace("weights", "train_results") + ".json")
+     if args.out != DEFAULT_WEIGHTS else args.out.parent / "train_results.json").write_text(json.dumps(results, indent=1))
     print(f"done in {time.time() - t0:.0f} s", flush=True)
 
 
