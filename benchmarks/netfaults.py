@@ -39,7 +39,19 @@ async def watch_stats(url: str, session_id: asyncio.Future[str], snapshots: list
                     snapshots.append((time.monotonic(), data))
 
 
-def phase_figures(offsets: np.ndarray, arrivals: list[float], snapshots: list[tuple[float, dict[str, Any]]], start: float, end: float) -> dict[str, Any]:
+def sender_skew(received: Any, clip_fps: float) -> np.ndarray:
+    """Rows of (time, how much later the test peer itself handed video frame n to its encoder
+    than the audio of the same instant): a lag the server can only pass on."""
+    video, audio = received.video_handed, received.audio_handed
+    rows = []
+    for n, handed in enumerate(video):
+        chunk = round(n / clip_fps / 0.02)
+        if chunk < len(audio):
+            rows.append((handed, handed - audio[chunk]))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def phase_figures(offsets: np.ndarray, arrivals: list[float], snapshots: list[tuple[float, dict[str, Any]]], start: float, end: float, skew: np.ndarray | None = None) -> dict[str, Any]:
     inside = offsets[(offsets[:, 0] >= start + SETTLE_S) & (offsets[:, 0] < end)][:, 1] if len(offsets) else np.zeros(0)
     frames = [a for a in arrivals if start + SETTLE_S <= a < end]
     stats = [s for t, s in snapshots if start + SETTLE_S <= t < end]
@@ -56,6 +68,10 @@ def phase_figures(offsets: np.ndarray, arrivals: list[float], snapshots: list[tu
             "p95": round(float(np.percentile(inside, 95)) * 1000, 1),
         }
         figures["share_within_itu_bounds"] = round(float(np.mean((inside <= AUDIO_EARLY_S) & (inside >= AUDIO_LATE_S))), 3)
+    if skew is not None and len(skew):
+        inside_skew = skew[(skew[:, 0] >= start + SETTLE_S) & (skew[:, 0] < end)][:, 1]
+        if len(inside_skew):
+            figures["peer_video_after_audio_ms"] = round(float(np.median(inside_skew)) * 1000, 1)
     if stats:
         last = stats[-1]
         figures["server"] = {
@@ -103,11 +119,12 @@ async def run_netfaults(url: str, clean_s: float, fault_s: float, after_s: float
     from stream_server.media_io import video_fps
 
     offsets = av_offsets_timed(received, clip, video_fps(clip))
+    skew = sender_skew(received, video_fps(clip))
     arrivals = [a for a, _, _ in received.video]
     phases = {
-        "before": phase_figures(offsets, arrivals, snapshots, marks["start"], marks["faults_on"]),
-        "faults": phase_figures(offsets, arrivals, snapshots, marks["faults_on"], marks["faults_off"]),
-        "after": phase_figures(offsets, arrivals, snapshots, marks["faults_off"], end),
+        "before": phase_figures(offsets, arrivals, snapshots, marks["start"], marks["faults_on"], skew),
+        "faults": phase_figures(offsets, arrivals, snapshots, marks["faults_on"], marks["faults_off"], skew),
+        "after": phase_figures(offsets, arrivals, snapshots, marks["faults_off"], end, skew),
     }
     before, after = phases["before"].get("av_offset_ms"), phases["after"].get("av_offset_ms")
     return {

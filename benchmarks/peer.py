@@ -59,6 +59,7 @@ class StampedVideo(MediaStreamTrack):
         super().__init__()
         self._source = source
         self.sent = 0
+        self.handed: list[float] = []  # when frame n went to the encoder (monotonic)
 
     async def recv(self):  # type: ignore[no-untyped-def]
         import av
@@ -67,6 +68,7 @@ class StampedVideo(MediaStreamTrack):
         stamped = av.VideoFrame.from_ndarray(stamp(frame.to_ndarray(format="rgb24"), self.sent), format="rgb24")
         stamped.pts, stamped.time_base = frame.pts, frame.time_base
         self.sent += 1
+        self.handed.append(time.monotonic())
         return stamped
 
 
@@ -85,6 +87,7 @@ class PacedAudio(MediaStreamTrack):
         self._pending: list = []
         self._sent = 0
         self._start: float | None = None
+        self.handed: list[float] = []  # when 20 ms frame n went to the encoder (monotonic)
 
     async def recv(self):  # type: ignore[no-untyped-def]
         from fractions import Fraction
@@ -101,6 +104,7 @@ class PacedAudio(MediaStreamTrack):
             await asyncio.sleep(wait)
         out.pts, out.time_base = self._sent * 960, Fraction(1, 48000)
         self._sent += 1
+        self.handed.append(time.monotonic())
         return out
 
 
@@ -150,6 +154,8 @@ class Received:
     answer: dict[str, Any] = field(default_factory=dict)
     sender_time: dict[str, SenderTime] = field(default_factory=dict)  # by kind
     keep_rows: int | None = None  # keep only the top rows of each video frame (long runs: the stamps)
+    video_handed: list[float] = field(default_factory=list)  # when the peer encoded frame n
+    audio_handed: list[float] = field(default_factory=list)  # when the peer encoded 20 ms frame n
 
 
 def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
@@ -199,8 +205,11 @@ async def stream_clip(
     player = MediaPlayer(str(clip))
     pc = RTCPeerConnection()
     received = Received(keep_rows=keep_rows)
-    pc.addTrack(PacedAudio(player.audio))
+    audio = PacedAudio(player.audio)
+    audio.handed = received.audio_handed
+    pc.addTrack(audio)
     video = StampedVideo(player.video)
+    video.handed = received.video_handed
     pc.addTrack(video)
     tasks: list[asyncio.Task[None]] = []
 
