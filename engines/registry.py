@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 BACKENDS: dict[str, str] = {
     "mesh": "engines.mesh.backend:MeshBackend",
     "passthrough": "engines.passthrough.backend:PassthroughBackend",
+    "musetalk": "engines.musetalk.backend:MuseTalkBackend",
 }
 
 DEFAULT_BACKEND = "mesh"

@@ -1,4 +1,4 @@
-"""``python -m stream_server <command>``: serve, render."""
+"""``python -m stream_server <command>``: serve, render, doctor, export."""
 
 from __future__ import annotations
 
@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ideal: every frame generated; realtime: the backend takes its real time on this machine, "
         "so frames are dropped and interpolated as a live session here would (default ideal)",
     )
+
+    doctor = commands.add_parser("doctor", help="what this machine can run: providers, GPU, backends, weights", description="Report ONNX Runtime providers, TensorRT, the GPU, each backend's availability (and why not) and which model files were found.")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    export = commands.add_parser("export", help="export a neural backend's weights to ONNX (needs the export extra: torch, diffusers, transformers, onnx)", description="Export the official weights to ONNX, checking each model against PyTorch.")
+    export.add_argument("model", choices=["musetalk"], help="which backend's models")
+    export.add_argument("--models-dir", type=Path, default=None, help="where the official files are (default $LIPSYNC_MODELS_DIR or ./models)")
+    export.add_argument("--out", type=Path, default=None, help="where the ONNX files go (default <models-dir>/musetalk-onnx, where the backend looks)")
     return parser
 
 
@@ -71,7 +79,31 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiortc").setLevel(logging.WARNING)
     if args.command == "serve":
         return serve(args)
+    if args.command == "doctor":
+        from stream_server.doctor import print_report, report
+
+        print_report(report(), as_json=args.json)
+        return 0
+    if args.command == "export":
+        return export_command(args)
     return render_command(args)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    try:
+        from engines.musetalk.export import export_musetalk
+        from engines.musetalk.weights import WeightsError
+
+        import torch  # noqa: F401
+    except ImportError as exc:
+        print(f"error: export needs PyTorch, diffusers, transformers and onnx (pip install '.[export]'): {exc}", file=sys.stderr)
+        return 2
+    try:
+        export_musetalk(args.models_dir, args.out)
+    except (WeightsError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,173 @@
+"""``musetalk``: MuseTalk 1.5 on exported ONNX models, through ONNX Runtime (TensorRT, CUDA or CPU).
+
+Serving needs no PyTorch: ``python -m stream_server export musetalk`` turns the official files
+into ONNX once; this backend loads those, one session per model per process, shared by every
+stream. Per batch of frames: Whisper-tiny over each frame's 1 s window -> 50 audio tokens; the
+UNet's one step at t=0 on [masked face latents, reference latents]; the VAE decoder; the face
+pasted back through a feathered lower-face mask.
+
+Portraits are prepared once (face box, crop, latents, mask). In camera mode each new camera
+frame is prepared in ``generate`` (FaceMesh + VAE encoder); a frame without a face goes out
+unchanged, counted in ``face_lost``. Every frame with a face runs the models, silent ones too:
+the registry measures ``typical_fps`` on silence, so skipping silence would make the scheduler's
+budget optimistic (a cheap silence path needs a calibration on speech first).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from engines.base import Avatar, AvatarError, Backend, FrameJob
+from engines.musetalk.audio import CONTEXT_S, LOOKAHEAD_S, frame_features, frame_window, log_mel
+from engines.musetalk.export import FILES, onnx_dir
+from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
+from engines.musetalk.weights import find_layout
+
+FP16_MODELS = ("unet", "vae_decoder")
+
+def _missing_onnx() -> tuple[Path, list[Path]]:
+    folder = onnx_dir(find_layout())
+    return folder, [folder / name for name in (*FILES, "export.json") if not (folder / name).is_file()]
+
+
+@dataclass
+class _Prepared:
+    face: FaceCrop
+    latents: np.ndarray  # (8, h, w): masked-face latents then reference latents
+
+
+@dataclass
+class _Stream:
+    face_lost: int = 0
+    tracker: object | None = None
+    last_camera: tuple[np.ndarray, _Prepared | None] | None = None
+
+
+class MuseTalkBackend(Backend):
+    name = "musetalk"
+    description = "MuseTalk 1.5 (UNet one step in SD-VAE latent space, Whisper-tiny audio), ONNX Runtime / TensorRT"
+    lookahead_s = LOOKAHEAD_S
+    context_s = CONTEXT_S
+    batch_size = 4
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)"
+        folder, missing = _missing_onnx()
+        if not missing:
+            return None
+        layout = find_layout()
+        weights = layout.missing()
+        if weights:
+            return (
+                f"MuseTalk weights missing under {layout.root.resolve()}: " + "; ".join(weights)
+                + ". Then run: python -m stream_server export musetalk"
+            )
+        return (
+            f"the weights are in {layout.root.resolve()} but not exported ({', '.join(str(p) for p in missing)} missing): "
+            "run python -m stream_server export musetalk (needs pip install '.[export]')"
+        )
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+        self._sessions: dict[str, object] = {}
+
+    def load(self) -> None:
+        from engines.runtime.session import shared_session
+
+        folder = onnx_dir(find_layout())
+        self._info = json.loads((folder / "export.json").read_text())
+        for name in ("whisper", "unet", "vae_encoder", "vae_decoder"):
+            # fp16 (TensorRT only) for the costly pair; see export.py on precision
+            self._sessions[name] = shared_session(folder / f"{name}.onnx", fp16=name in FP16_MODELS)
+
+    def _run(self, name: str, value: np.ndarray) -> np.ndarray:
+        session = self._sessions[name]
+        return next(iter(session.run({session.input_names[0]: value}).values()))  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ avatars
+
+    def _prepare(self, image: np.ndarray, landmarks: np.ndarray) -> _Prepared | None:
+        face = face_crop(image, landmarks)
+        if face is None:
+            return None
+        reference = face.crop.astype(np.float32) / 127.5 - 1.0
+        masked = reference.copy()
+        masked[CROP // 2 :] = -1.0  # the lower half blacked out, as MuseTalk masks it
+        batch = np.stack([masked, reference]).transpose(0, 3, 1, 2)
+        latents = self._run("vae_encoder", np.ascontiguousarray(batch))
+        return _Prepared(face, np.concatenate([latents[0], latents[1]], axis=0))
+
+    def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
+        if image is None:
+            return Avatar(name=name, image=None)
+        from engines.face import FaceLandmarker
+
+        with FaceLandmarker(max_faces=4) as landmarker:
+            faces = landmarker.faces(image)
+        if not faces:
+            raise AvatarError("no face was found in the image: use a photo of one person facing the camera, with the whole face visible")
+        prepared = self._prepare(image, faces[0].landmarks)
+        if prepared is None:
+            raise AvatarError("the face is too small or too close to the edge of the picture for MuseTalk's crop")
+        notice = f"{len(faces)} faces found in {name}: animating the largest" if len(faces) > 1 else ""
+        return Avatar(name=name, image=image, data={"musetalk": prepared}, notice=notice)
+
+    def _camera(self, stream: _Stream, frame: np.ndarray) -> _Prepared | None:
+        if stream.last_camera is not None and stream.last_camera[0] is frame:
+            return stream.last_camera[1]
+        from engines.face import FaceLandmarker
+
+        if stream.tracker is None:
+            stream.tracker = FaceLandmarker(tracking=True)
+        faces = stream.tracker.faces(frame)  # type: ignore[attr-defined]
+        prepared = self._prepare(frame, faces[0].landmarks) if faces else None
+        stream.last_camera = (frame, prepared)
+        return prepared
+
+    # ------------------------------------------------------------------ frames
+
+    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        frames: list[np.ndarray | None] = [None] * len(jobs)
+        todo: list[tuple[int, _Prepared, np.ndarray]] = []
+        for i, job in enumerate(jobs):
+            stream = self._streams.setdefault(job.stream_id, _Stream())
+            if job.avatar.is_camera:
+                prepared = self._camera(stream, job.base_frame)
+                if prepared is None:
+                    stream.face_lost += 1
+            else:
+                prepared = job.avatar.data["musetalk"]
+            if prepared is None:
+                frames[i] = job.base_frame
+                continue
+            pcm = frame_window(job.audio.pcm, job.audio.before_s, job.audio.after_s)
+            todo.append((i, prepared, log_mel(pcm)))
+        if todo:
+            hidden = self._run("whisper", np.stack([mel for _, _, mel in todo]))  # (B, steps, layers, dim)
+            audio = np.stack([frame_features(h) for h in hidden]).astype(np.float32)
+            latents = np.stack([p.latents for _, p, _ in todo])
+            session = self._sessions["unet"]
+            out = session.run({"latents": latents, "audio": audio})["latents_out"]  # type: ignore[attr-defined]
+            images = self._run("vae_decoder", np.ascontiguousarray(out, np.float32))
+            images = (images.transpose(0, 2, 3, 1) * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+            for (i, prepared, _), image in zip(todo, images):
+                frames[i] = paste(jobs[i].base_frame, prepared.face, image)
+        return frames  # type: ignore[return-value]
+
+    def close_stream(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.tracker is not None:
+            stream.tracker.close()  # type: ignore[attr-defined]
+
+    def stream_stats(self, stream_id: str) -> dict[str, int]:
+        stream = self._streams.get(stream_id)
+        return {"face_lost": stream.face_lost if stream else 0}
