@@ -59,6 +59,7 @@ class StampedVideo(MediaStreamTrack):
         super().__init__()
         self._source = source
         self.sent = 0
+        self.handed: list[float] = []  # when frame n went to the encoder (monotonic)
 
     async def recv(self):  # type: ignore[no-untyped-def]
         import av
@@ -67,6 +68,7 @@ class StampedVideo(MediaStreamTrack):
         stamped = av.VideoFrame.from_ndarray(stamp(frame.to_ndarray(format="rgb24"), self.sent), format="rgb24")
         stamped.pts, stamped.time_base = frame.pts, frame.time_base
         self.sent += 1
+        self.handed.append(time.monotonic())
         return stamped
 
 
@@ -85,6 +87,7 @@ class PacedAudio(MediaStreamTrack):
         self._pending: list = []
         self._sent = 0
         self._start: float | None = None
+        self.handed: list[float] = []  # when 20 ms frame n went to the encoder (monotonic)
 
     async def recv(self):  # type: ignore[no-untyped-def]
         from fractions import Fraction
@@ -101,6 +104,7 @@ class PacedAudio(MediaStreamTrack):
             await asyncio.sleep(wait)
         out.pts, out.time_base = self._sent * 960, Fraction(1, 48000)
         self._sent += 1
+        self.handed.append(time.monotonic())
         return out
 
 
@@ -150,6 +154,8 @@ class Received:
     answer: dict[str, Any] = field(default_factory=dict)
     sender_time: dict[str, SenderTime] = field(default_factory=dict)  # by kind
     keep_rows: int | None = None  # keep only the top rows of each video frame (long runs: the stamps)
+    video_handed: list[float] = field(default_factory=list)  # when the peer encoded frame n
+    audio_handed: list[float] = field(default_factory=list)  # when the peer encoded 20 ms frame n
 
 
 def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
@@ -191,14 +197,19 @@ def loop_clip(clip: Path, seconds: float, out_dir: Path) -> Path:
 async def stream_clip(
     base_url: str, clip: Path, seconds: float, options: dict[str, Any],
     on_answer: Callable[[dict[str, Any]], None] | None = None, keep_rows: int | None = None,
+    relay: Any = None,
 ) -> Received:
     """Send ``clip`` (camera + microphone) for ``seconds`` and record the server's output
-    (of each video frame only the top ``keep_rows`` rows, if given)."""
+    (of each video frame only the top ``keep_rows`` rows, if given). With ``relay`` (a
+    benchmarks.netshim.UdpRelay) every packet goes through it."""
     player = MediaPlayer(str(clip))
     pc = RTCPeerConnection()
     received = Received(keep_rows=keep_rows)
-    pc.addTrack(PacedAudio(player.audio))
+    audio = PacedAudio(player.audio)
+    audio.handed = received.audio_handed
+    pc.addTrack(audio)
     video = StampedVideo(player.video)
+    video.handed = received.video_handed
     pc.addTrack(video)
     tasks: list[asyncio.Task[None]] = []
 
@@ -206,7 +217,7 @@ async def stream_clip(
     def on_track(track: MediaStreamTrack) -> None:
         tasks.append(asyncio.create_task(_record(track, received)))
 
-    await _run_session(pc, base_url, seconds, options, received, on_answer)
+    await _run_session(pc, base_url, seconds, options, received, on_answer, relay)
     for track in (player.audio, player.video):
         track.stop()  # ends the player's decoding thread
     for task in tasks:
@@ -227,24 +238,35 @@ def av_offsets(received: Received, clip: Path, clip_fps: float) -> np.ndarray:
     """A/V offset at the receiver (s), per received frame: when the frame showing source
     instant s is to be presented minus when the audio of s is, both placed on the sender's clock
     by the RTCP sender reports (a receiver synchronising playout adds the same delay to both)."""
-    audio = np.concatenate([samples for _, _, samples in received.audio])
-    starts = np.cumsum([0] + [len(samples) for _, _, samples in received.audio])
+    return av_offsets_timed(received, clip, clip_fps)[:, 1]
+
+
+def av_offsets_timed(received: Received, clip: Path, clip_fps: float) -> np.ndarray:
+    """Like :func:`av_offsets`, as rows of (arrival time of the frame, offset).
+
+    Received audio is placed by its pts (RTP time), not by counting samples, so lost or
+    late-dropped audio packets leave gaps instead of shifting everything after them."""
+    first_pts = received.audio[0][1]
+    end = max(pts + len(samples) for _, pts, samples in received.audio) - first_pts
+    audio = np.zeros(end, np.float32)
+    for _, pts, samples in received.audio:
+        audio[pts - first_pts : pts - first_pts + len(samples)] = samples
+    audio_pts = [pts for _, pts, _ in received.audio]
     source = load_audio(clip, 48000)
     # where the clip's audio begins in the received stream (the output starts with silence)
     probe = source[48000 // 2 : 48000 * 2]  # 1.5 s of speech from 0.5 s in
     corr = np.correlate(audio[: 48000 * 6], probe, mode="valid")
-    origin = int(np.argmax(np.abs(corr))) - 48000 // 2  # received sample index of source time 0
+    origin = int(np.argmax(np.abs(corr))) - 48000 // 2 + first_pts  # audio pts of source time 0
     video_time, audio_time = received.sender_time["video"], received.sender_time["audio"]
     offsets = []
     for arrival, pts, rgb in received.video:
         index = read_stamp(rgb)
-        sample = origin + round(index / clip_fps * 48000)
-        chunk = int(np.searchsorted(starts, sample, side="right")) - 1
-        if 0 <= chunk < len(received.audio) and index > 0:
-            audio_arrival, audio_pts, _ = received.audio[chunk]
-            audio_s = audio_time(audio_pts, audio_arrival) + (sample - starts[chunk]) / 48000
-            offsets.append(video_time(pts, arrival) - audio_s)
-    return np.asarray(offsets)
+        sample_pts = origin + round(index / clip_fps * 48000)
+        chunk = bisect.bisect_right(audio_pts, sample_pts) - 1
+        if index > 0 and chunk >= 0 and sample_pts < first_pts + end:
+            audio_arrival = received.audio[chunk][0]
+            offsets.append((arrival, video_time(pts, arrival) - audio_time(sample_pts, audio_arrival)))
+    return np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
 
 
 class ArrayMicrophone(MediaStreamTrack):
@@ -329,21 +351,24 @@ async def _record(track: MediaStreamTrack, received: Received) -> None:
 
 async def _run_session(
     pc: RTCPeerConnection, base_url: str, seconds: float, options: dict[str, Any], received: Received,
-    on_answer: Callable[[dict[str, Any]], None] | None,
+    on_answer: Callable[[dict[str, Any]], None] | None, relay: Any = None,
 ) -> None:
-    """Offer, answer, stream for ``seconds``, end the session and close the peer."""
+    """Offer, answer, stream for ``seconds``, end the session and close the peer (through
+    ``relay``, a benchmarks.netshim.UdpRelay, if given)."""
     await pc.setLocalDescription(await pc.createOffer())
     for transceiver in pc.getTransceivers():
         rate = 90000 if transceiver.kind == "video" else 48000
         received.sender_time[transceiver.kind] = SenderTime(transceiver.receiver, rate)
     async with aiohttp.ClientSession() as http:
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "options": options}
+        sdp = pc.localDescription.sdp if relay is None else await relay.offer(pc.localDescription.sdp)
+        body = {"sdp": sdp, "type": "offer", "options": options}
         async with http.post(f"{base_url}/offer", json=body) as response:
             received.answer = await response.json()
             assert response.status == 200, received.answer
         if on_answer:
             on_answer(received.answer)
-        await pc.setRemoteDescription(RTCSessionDescription(received.answer["sdp"], received.answer["type"]))
+        answer = received.answer["sdp"] if relay is None else relay.answer(received.answer["sdp"])
+        await pc.setRemoteDescription(RTCSessionDescription(answer, received.answer["type"]))
         await asyncio.sleep(seconds)
         async with http.delete(f"{base_url}/sessions/{received.answer['session_id']}") as response:
             assert response.status == 200

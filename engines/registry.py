@@ -91,8 +91,12 @@ class BackendRegistry:
     def mark_failed(self, name: str, reason: str) -> None:
         """Take a loaded backend out of service (it hung): listed as unavailable with the reason."""
         self._errors[name] = reason  # no lock: a load in progress must not block the event loop
-        self._loaded.pop(name, None)
         log.error("backend %s taken out of service: %s", name, reason)
+
+    def clear_failure(self, name: str) -> None:
+        """Put a backend taken out of service back (its stuck call returned)."""
+        if self._errors.pop(name, None) is not None:
+            log.warning("backend %s is back in service", name)
 
     def loaded(self) -> list[Backend]:
         return list(self._loaded.values())

@@ -151,19 +151,26 @@ class Server:
 
     async def _watch_workers(self) -> None:
         """Give up a backend whose generate() has not returned within the hang limit: its jobs
-        fail at once (their sessions move to the fallback) and it is listed as unavailable."""
+        fail at once (their sessions move to the fallback) and it is listed as unavailable until
+        the stuck call returns, if it ever does; then it is back in service for new sessions."""
         limit = self.settings.hang_timeout_s
+        abandoned: dict[str, BackendWorker] = {}
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            for name, worker in list(abandoned.items()):
+                if worker.busy_s() == 0.0:  # the stuck call came back
+                    del abandoned[name]
+                    self.registry.clear_failure(name)
             for name, worker in list(self._workers.items()):
                 busy = worker.busy_s()
                 if busy > limit:
                     reason = f"generate() did not return within {limit:g} s"
-                    self.registry.mark_failed(name, f"hung: {reason}; restart the server to use it again")
+                    self.registry.mark_failed(name, f"hung: {reason}; unavailable until that call returns")
                     del self._workers[name]
                     for key in [key for key in self._prepared if key[0] == name]:
                         del self._prepared[key]
                     worker.abandon(f"backend {name} hung: {reason}")
+                    abandoned[name] = worker
 
     async def _forget_when_closed(self, session: Session) -> None:
         await session.closed.wait()

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_uploads: int = Field(16, ge=1)  # uploaded avatars kept; the oldest is forgotten beyond it
 
     # -- fault isolation -------------------------------------------------------------------
-    hang_timeout_s: float = Field(3.0, gt=0)  # a generate() call longer than this is a hang
+    # a generate() call longer than this is a hang (generous: a first call may build a model's
+    # graph, and a loaded machine is slow; a false alarm costs its sessions the fallback)
+    hang_timeout_s: float = Field(10.0, gt=0)
     failures_before_fallback: int = Field(3, ge=1)  # failed frames in a row that switch a session
     fallback_backends: list[str] = ["mesh", "passthrough"]  # tried in order; never the failing one

@@ -126,6 +126,7 @@ class BackendWorker:
                     break
                 batch.append(more)
             self._process(batch)
+            first = more = batch = None  # type: ignore[assignment]  # hold no session's job (nor its buffers) while waiting
 
     def _process(self, batch: list[_Pending]) -> None:
         picked = time.monotonic()

@@ -93,8 +93,16 @@ async def test_a_failing_backend_is_replaced_for_its_session_only(start_server: 
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{live.url}/backends") as response:
             listed = {b["name"]: b for b in (await response.json())["backends"]}
-        if mode == "hang":  # a hung backend is out of service until a restart, and says why
+        if mode == "hang":  # a hung backend is out of service, saying why, until the call returns
             assert listed["faulty"]["available"] is False and "hung" in listed["faulty"]["reason"]
+            FaultAfterBackend.release.set()
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                async with http.get(f"{live.url}/backends") as response:
+                    listed = {b["name"]: b for b in (await response.json())["backends"]}
+                if listed["faulty"]["available"]:
+                    break
+            assert listed["faulty"]["available"] is True, listed["faulty"]
         # the server keeps serving new sessions
         again = await run_peer(live.url, 1.5, {"backend": "passthrough", "avatar": "camera"})
         assert again.status == 200 and len(again.video_arrivals) > 15

@@ -32,6 +32,18 @@ API_CALLS = [
     ("POST", "/offer", b"{}"),
     ("DELETE", "/sessions/abc", None),
     ("GET", "/ws/stats?session=abc", None),
+    ("POST", "/whip/studio", b"v=0"),
+    ("PATCH", "/whip/studio", b""),
+    ("DELETE", "/whip/studio/abc", None),
+    ("POST", "/whep/studio", b"v=0"),
+    ("DELETE", "/whep/studio/abc", None),
+    ("GET", "/channels", None),
+    ("POST", "/channels", b"{}"),
+    ("DELETE", "/channels/studio", None),
+    ("POST", "/channels/studio/recording", None),
+    ("DELETE", "/channels/studio/recording", None),
+    ("GET", "/ws/channels/studio", None),
+    ("GET", "/view/studio", None),
 ]
 
 
@@ -173,3 +185,19 @@ async def test_serve_speaks_https_with_a_certificate(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+async def test_ice_servers_with_turn_credentials_reach_the_page(start_server: StartServer) -> None:
+    from stream_server.cli import build_parser, ice_server
+
+    args = build_parser().parse_args(
+        ["serve", "--ice-server", "stun:stun.example:3478", "--ice-server", "turn:turn.example:3478", "--turn-username", "u", "--turn-credential", "p"]
+    )
+    servers = [ice_server(url, args.turn_username, args.turn_credential) for url in args.ice_server]
+    assert servers == [{"urls": "stun:stun.example:3478"}, {"urls": "turn:turn.example:3478", "username": "u", "credential": "p"}]
+    live = await start_server(ice_servers=servers, token=TOKEN)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{live.url}/config", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert (await response.json())["ice_servers"] == servers
+        async with http.get(f"{live.url}/config") as response:  # TURN credentials only with the token
+            assert response.status == 401

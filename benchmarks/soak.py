@@ -1,0 +1,145 @@
+"""Soak: several sessions at once for a long time (default 4 for 30 minutes) against a server in
+its own process. Every ``--every`` seconds it records the server's resident memory, threads and
+open files, and each session's frames per second out and server latency (p50 / p95, from the
+stats the page gets). Passes when, after the warm-up, memory grows by no more than
+``--rss-bound-mb`` and the latency of the last five minutes is no more than ``--latency-creep-ms``
+above that of the first five after the warm-up.
+
+    python -m benchmarks.soak [--sessions 4] [--minutes 30] [--backend mesh] [--avatar astronaut]
+
+Not part of the test suite (it takes half an hour of a quiet machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from benchmarks.churn import free_port, proc_probe, start_server
+from benchmarks.results_io import save
+from benchmarks.synthetic_peer import PeerRun, run_peer
+
+
+async def follow(url: str, run: PeerRun, latest: dict[str, dict[str, Any]], ended: list[dict[str, Any]]) -> None:
+    """Keep the newest stats the server pushes for this peer's session."""
+    while not run.session_id:
+        await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{url}/ws/stats?session={run.session_id}") as socket:
+            async for message in socket:
+                data = message.json()
+                if data.get("type") == "stats":
+                    latest[run.session_id] = data
+                elif data.get("type") == "closed":
+                    ended.append({"session": run.session_id, "at": time.monotonic(), "reason": data["reason"]})
+                    latest.pop(run.session_id, None)
+
+
+def window(samples: list[dict[str, Any]], start: float, end: float, key: str) -> float | None:
+    values = [s[key] for s in samples if start <= s["t_s"] < end and s.get(key) is not None]
+    return round(float(np.median(values)), 1) if values else None
+
+
+def summarize(samples: list[dict[str, Any]], warm: float, end: float, rss_bound_mb: float, creep_ms: float) -> dict[str, Any]:
+    """Memory growth after the warm-up, and the latency of the first and last windows after it
+    (five minutes each, or a third of what follows the warm-up in a shorter run)."""
+    span = min(300.0, (end - warm) / 3.0)
+    rss_after_warmup = [s["rss_mb"] for s in samples if s["t_s"] >= warm]
+    first, last = (warm, warm + span), (end - span, end + 1.0)
+    rss = {"after_warmup": rss_after_warmup[0] if rss_after_warmup else None, "max": max(rss_after_warmup, default=None), "end": samples[-1]["rss_mb"] if samples else None}
+    p95 = {"first_window": window(samples, *first, "latency_p95_ms"), "last_window": window(samples, *last, "latency_p95_ms")}
+    return {
+        "warmup_s": warm,
+        "windows_s": {"first": first, "last": last},
+        "rss_mb": rss,
+        "latency_p95_ms": p95,
+        "latency_p50_ms": {"first_window": window(samples, *first, "latency_p50_ms"), "last_window": window(samples, *last, "latency_p50_ms")},
+        "fps_out_min": min((s["fps_out_min"] for s in samples if s["fps_out_min"] is not None), default=None),
+        "bounds": {"rss_growth_mb": rss_bound_mb, "latency_creep_ms": creep_ms},
+        "passed": {
+            "memory": rss["max"] is not None and rss["max"] - rss["after_warmup"] <= rss_bound_mb,
+            "latency": None not in p95.values() and p95["last_window"] - p95["first_window"] <= creep_ms,
+        },
+    }
+
+
+async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    server = start_server(port, args.backend, 10.0, log_level="INFO")
+    url = f"http://127.0.0.1:{port}"
+    probe = proc_probe(server.pid)
+    seconds = args.minutes * 60.0
+    options = {"backend": args.backend, "avatar": args.avatar, "fps": 25}
+    if args.avatar != "camera":
+        options.update(width=args.size, height=args.size)
+    runs = [PeerRun() for _ in range(args.sessions)]
+    latest: dict[str, dict[str, Any]] = {}
+    ended: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
+    try:
+        peers = [asyncio.create_task(run_peer(url, seconds, options, run=run)) for run in runs]
+        followers = [asyncio.create_task(follow(url, run, latest, ended)) for run in runs]
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            await asyncio.sleep(args.every)
+            stats = list(latest.values())
+            p95s = [s["latency_ms"]["p95"] for s in stats if s["latency_ms"]["p95"] is not None]
+            p50s = [s["latency_ms"]["p50"] for s in stats if s["latency_ms"]["p50"] is not None]
+            fps = [s["fps_out"] for s in stats if s["fps_out"] is not None]
+            sample = {
+                "t_s": round(time.monotonic() - started, 1),
+                **probe(),
+                "sessions": len(stats),
+                "latency_p50_ms": round(float(np.median(p50s)), 1) if p50s else None,
+                "latency_p95_ms": round(float(max(p95s)), 1) if p95s else None,
+                "fps_out_min": min(fps) if fps else None,
+                "frames": [s["frames"] for s in stats],
+            }
+            samples.append(sample)
+            print(sample, flush=True)
+        await asyncio.gather(*peers)
+        for task in followers:
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks.soak " + " ".join(sys.argv[1:]),
+        "sessions": args.sessions,
+        "minutes": args.minutes,
+        "options": options,
+        "ended_early": [{**e, "at": round(e["at"] - started, 1)} for e in ended if e["at"] - started < seconds - 1.0],
+        **summarize(samples, args.warmup_s, seconds, args.rss_bound_mb, args.latency_creep_ms),
+        "samples": samples,
+    }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--backend", default="mesh")
+    parser.add_argument("--avatar", default="astronaut")
+    parser.add_argument("--size", type=int, default=256, help="output side for an image avatar")
+    parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--warmup-s", type=float, default=120.0)
+    parser.add_argument("--rss-bound-mb", type=float, default=50.0)
+    parser.add_argument("--latency-creep-ms", type=float, default=10.0)
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args()
+    result = asyncio.run(soak(args))
+    path = save(args.name or f"soak_{args.backend}_{args.sessions}x{args.minutes:g}min", result)
+    print({k: result[k] for k in ("rss_mb", "latency_p95_ms", "latency_p50_ms", "fps_out_min", "passed")})
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
