@@ -11,6 +11,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from engines.registry import DEFAULT_BACKEND, backend_names
 
 
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
+    # One BLAS thread: the matrices on the frame path are small, and OpenBLAS's extra threads
+    # spin while they wait; with them a single mesh session took 1.5 cores, without 0.76.
+    threadpool_limits(1, user_api="blas")
     if args.command == "serve":
         return serve(args)
     if args.command == "doctor":

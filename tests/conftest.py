@@ -7,10 +7,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
+from threadpoolctl import threadpool_limits
 
 from engines import registry
 from stream_server.app import SERVER, Server, create_app
 from stream_server.config import Settings
+
+threadpool_limits(1, user_api="blas")  # as the server runs (stream_server/cli.py)
 
 TEST_BACKENDS = {
     "slow": "tests.backends:SlowBackend",
