@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
+from benchmarks.live import free_port, wait_listening
 from benchmarks.netshim import UdpRelay
 from benchmarks.results_io import ROOT, save
 from benchmarks.synthetic_peer import Ending, run_peer
@@ -101,12 +101,6 @@ async def churn(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SERVER_LOG = Path("/tmp/lipsync-benchmark-server.log")
 
 
@@ -118,14 +112,7 @@ def start_server(port: int, backend: str, idle_timeout_s: float, log_level: str 
              "--backend", backend, "--idle-timeout", str(idle_timeout_s)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
-    for _ in range(300):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit("the server did not start")
+    return wait_listening(server, port)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,6 +32,11 @@ def start_server(port: int, extra: Sequence[str] = (), module: str = "stream_ser
         [sys.executable, "-m", module, "--log-level", "WARNING", "serve", "--port", str(port), *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
+    return wait_listening(server, port)
+
+
+def wait_listening(server: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
+    """Wait (up to 30 s) until ``server`` accepts connections on ``port``; stop it if it never does."""
     for _ in range(300):
         if server.poll() is not None:
             break
