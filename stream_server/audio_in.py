@@ -43,6 +43,7 @@ class AudioIn:
         self._origin: int | None = None  # first pts, in input ticks
         self._last_raw_pts: int | None = None
         self._unwrapped = 0
+        self.clock_rate: int | None = None  # RTP ticks per second of the inbound pts
         self._next48 = 0  # next expected 48 kHz sample index
         self._next16 = 0  # next 16 kHz sample index the resampler will produce
         self._next_mel = 0
@@ -82,6 +83,7 @@ class AudioIn:
             step = (raw - self._last_raw_pts) % RTP_WRAP
             self._unwrapped += step - RTP_WRAP if step >= RTP_WRAP // 2 else step
         self._last_raw_pts = raw
+        self.clock_rate = round(1 / Fraction(frame.time_base))
         if self._origin is None:
             self._origin = self._unwrapped
         ticks = Fraction(self._unwrapped - self._origin) * Fraction(frame.time_base)
@@ -126,6 +128,15 @@ class AudioIn:
     def horizon_s(self) -> float:
         """Media time up to which audio has arrived (0 before the first frame)."""
         return self._next48 / PLAYBACK_RATE
+
+    def media_of_pts(self, pts: int) -> float | None:
+        """Media time of the inbound pts ``pts`` (mod 2**32), taken as the one nearest to the
+        newest frame; None before the first frame."""
+        if self._origin is None or self._last_raw_pts is None or self.clock_rate is None:
+            return None
+        step = (pts - self._last_raw_pts) % RTP_WRAP
+        unwrapped = self._unwrapped + (step - RTP_WRAP if step >= RTP_WRAP // 2 else step)
+        return (unwrapped - self._origin) / self.clock_rate
 
     def arrival_of(self, media_s: float) -> float | None:
         """Wall time at which the audio up to ``media_s`` (its last sample before that instant)

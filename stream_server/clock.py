@@ -7,9 +7,10 @@ seconds. It follows that target at a bounded rate, so a jitter spike or a slow d
 sender's clock and ours moves it smoothly and never makes a jump. Both outgoing tracks and the
 scheduler read this one clock, so whatever it does, audio and video move together.
 
-Camera frames are placed on the same timeline by their arrival, against the *fast* mapping (the
-5th percentile): a frame that arrived at wall time w shows about media time ``w - fast_origin``,
-as if the camera's packets took the same quickest path as the microphone's.
+Camera frames are placed on the same timeline by the peer's RTCP sender reports
+(``sender_reports.py``). Until those have arrived they are placed by arrival, against the *fast*
+mapping (the 5th percentile): a frame that arrived at wall time w shows about media time
+``w - fast_origin``, as if the camera's packets took the same quickest path as the microphone's.
 """
 
 from __future__ import annotations

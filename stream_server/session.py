@@ -38,6 +38,7 @@ from stream_server.clock import MediaClock
 from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
 from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.sender_reports import SenderReports
 from stream_server.stages import SlotTimes, TraceWriter, stage_durations
 from stream_server.stats import SessionStats
 from stream_server.worker import BackendHung, BackendWorker, JobResult
@@ -69,21 +70,28 @@ WATCH_INTERVAL_S = 0.5
 
 
 class CameraIn:
-    """The last second of inbound camera frames, with their arrival times."""
+    """The last second of inbound camera frames, with their arrival times and, once the peer's
+    sender reports allow it, the media time (on the microphone's timeline) each was taken at."""
 
     def __init__(self) -> None:
-        self.frames: collections.deque[tuple[float, av.VideoFrame]] = collections.deque(maxlen=32)
+        self.frames: collections.deque[tuple[float, float | None, av.VideoFrame]] = collections.deque(maxlen=32)
         self.first = asyncio.Event()
+        self.by_reports = 0  # frames placed by sender reports (the rest by arrival)
 
-    def push(self, frame: av.VideoFrame, arrival: float) -> None:
-        self.frames.append((arrival, frame))
+    def push(self, frame: av.VideoFrame, arrival: float, media_s: float | None) -> None:
+        self.frames.append((arrival, media_s, frame))
+        self.by_reports += media_s is not None
         self.first.set()
 
-    def at(self, wall: float) -> av.VideoFrame | None:
-        """The newest frame that had arrived by wall time ``wall`` (else the oldest held)."""
+    def at(self, media_s: float, arrival_by: float) -> av.VideoFrame | None:
+        """The frame taken nearest to media time ``media_s``. Without sender reports yet, the
+        newest frame that had arrived by wall time ``arrival_by`` (else the oldest held)."""
+        if self.frames and self.frames[-1][1] is not None:
+            placed = [(abs(taken - media_s), n) for n, (_, taken, _) in enumerate(self.frames) if taken is not None]
+            return self.frames[min(placed)[1]][2]
         chosen = None
-        for arrival, frame in self.frames:
-            if arrival > wall and chosen is not None:
+        for arrival, _, frame in self.frames:
+            if arrival > arrival_by and chosen is not None:
                 break
             chosen = frame
         return chosen
@@ -115,6 +123,7 @@ class Session:
         self.clock = MediaClock()
         self.audio_in = AudioIn()
         self.camera = CameraIn()
+        self._reports: dict[str, SenderReports] = {}  # by kind, for placing camera frames
         backend_s = 1.0 / typical_fps if typical_fps else 1.0 / options.fps
         config = SchedulerConfig(
             fps=options.fps,
@@ -183,6 +192,7 @@ class Session:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self._listen_for_packets()
+        self._reports = {t.kind: SenderReports(t.receiver) for t in self.pc.getTransceivers() if t.kind in ("audio", "video")}
         self._tasks.append(asyncio.create_task(self._drive(), name=f"drive-{self.id}"))
         self._tasks.append(asyncio.create_task(self._watch(), name=f"watch-{self.id}"))
         return self.pc.localDescription
@@ -248,9 +258,19 @@ class Session:
         try:
             while True:
                 frame = await track.recv()
-                self.camera.push(frame, MediaClock.wall_now())
+                self.camera.push(frame, MediaClock.wall_now(), self._taken_at(frame))
         except MediaStreamError:
             log.info("session %s: video track ended", self.id)
+
+    def _taken_at(self, frame: av.VideoFrame) -> float | None:
+        """Media time at which the peer took a camera frame, by the sender reports of both
+        streams (None until one of each has arrived)."""
+        video, audio = self._reports.get("video"), self._reports.get("audio")
+        if video is None or audio is None or frame.pts is None or frame.time_base is None or not self.audio_in.clock_rate:
+            return None
+        sender_s = video.sender_time(int(frame.pts), round(1 / frame.time_base))
+        audio_pts = None if sender_s is None else audio.pts_at(sender_s, self.audio_in.clock_rate)
+        return None if audio_pts is None else self.audio_in.media_of_pts(audio_pts)
 
     # -- generation ------------------------------------------------------------------------
     async def _drive(self) -> None:
@@ -286,7 +306,7 @@ class Session:
     async def _take_camera_size(self) -> None:
         try:
             await asyncio.wait_for(self.camera.first.wait(), AUDIO_WAIT_S)
-            first = self.camera.frames[0][1]
+            first = self.camera.frames[0][2]
             self.size = camera_size(first.width, first.height)
         except (asyncio.TimeoutError, TimeoutError):
             self.add_event("no camera frames arrived: sending a blank picture")
@@ -302,7 +322,7 @@ class Session:
     def _dispatch(self, slot: int) -> None:
         time_s = self.scheduler.slot_time(slot)
         audio = self.audio_in.window(time_s, self.backend.context_s, self.backend.lookahead_s)
-        camera = self.camera.at(self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
+        camera = self.camera.at(time_s, self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
         avatar = self.avatar
 
         def build() -> FrameJob:  # runs in the worker thread
@@ -407,7 +427,8 @@ class Session:
         self._abandon_late_jobs(slot)
         self._video_slot = slot + 1
         self._wake.set()
-        camera = self.camera.at(self.clock.capture_wall(scheduler.slot_time(slot))) if self.avatar.is_camera else None
+        time_s = scheduler.slot_time(slot)
+        camera = self.camera.at(time_s, self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
         loop = asyncio.get_running_loop()
         frame = await loop.run_in_executor(None, self._compose, emission, camera)
         frame.pts = round(slot * 90000 / scheduler.config.fps)

@@ -155,3 +155,17 @@ def _best_lag(streamed: np.ndarray, expected: np.ndarray) -> tuple[int, float]:
     n = len(expected) - 24
     errors = [float(np.median(np.abs(streamed[lag : lag + n] - expected[:n]))) for lag in range(0, 21)]
     return int(np.argmin(errors)), min(errors)
+
+
+def test_media_time_of_a_pts_across_the_32_bit_wrap(speech48: np.ndarray) -> None:
+    """Camera frames are placed on the audio timeline through an audio pts (from the sender
+    reports): that pts must map to the same media time as the frames' own, across a wrap."""
+    audio = AudioIn()
+    start = (1 << 32) - 10 * CHUNK_48K
+    assert audio.media_of_pts(start) is None
+    for n, frame in opus_like_frames(speech48[: 48000], start_pts=start):
+        audio.push(frame, arrival=n * 0.02)
+    assert audio.media_of_pts(start) == 0.0
+    assert audio.media_of_pts((start + 48000 * 0.5) % (1 << 32)) == pytest.approx(0.5)  # after the wrap
+    assert audio.media_of_pts((start + 48000 * 3) % (1 << 32)) == pytest.approx(3.0)  # not yet arrived
+    assert audio.media_of_pts((start - 4800) % (1 << 32)) == pytest.approx(-0.1)  # before the first

@@ -2,15 +2,13 @@
 directions, through a UDP relay (this kernel has no netem). The session survives, the A/V offset
 stays within ITU-R BT.1359's bounds, and it does not drift once the faults stop.
 
-The suite runs 14 s of faults; the one-minute run is ``python -m benchmarks.netfaults``.
-Known issue: the offset does not come back after the faults yet (see the end of the test)."""
+The suite runs 14 s of faults; the one-minute run is ``python -m benchmarks.netfaults``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from benchmarks.netfaults import AUDIO_EARLY_S, AUDIO_LATE_S, run_netfaults
 from benchmarks.netshim import Faults
@@ -38,12 +36,9 @@ async def test_loss_and_jitter_neither_break_the_session_nor_shift_lip_sync(live
     # video kept coming under the faults and after (lost packets cost frames, not the stream)
     assert phases["faults"]["fps_received"] >= 0.6 * phases["before"]["fps_received"], phases
     assert phases["after"]["fps_received"] >= 0.8 * phases["before"]["fps_received"], phases
-    # and lip sync comes back to where it was. KNOWN ISSUE: it does not yet. Every run so far
-    # ended with the offset shifted by whole frames (-200 ms, audio late, outside the -125 ms
-    # bound) and staying there after the faults stopped; see benchmarks/results/netfaults_*.json
-    # and the README. Reported as an expected failure until found, so the suite stays usable.
-    # (On a machine without spare CPU the offset is off even before the faults: also reported.)
+    # lip sync holds, and comes back to where it was (camera frames are placed by the peer's RTCP
+    # sender reports; placing them by arrival left a -200 ms shift after the faults)
     offsets = {name: phase["av_offset_ms"]["median"] for name, phase in phases.items()}
-    within = all(AUDIO_LATE_S * 1000 <= value <= AUDIO_EARLY_S * 1000 for value in offsets.values())
-    if abs(result["drift_ms"]) > ONE_FRAME_MS or not within:
-        pytest.xfail(f"A/V offset medians {offsets} ms (bounds {AUDIO_LATE_S * 1000:g}..{AUDIO_EARLY_S * 1000:g}), drift {result['drift_ms']} ms")
+    for name, value in offsets.items():
+        assert AUDIO_LATE_S * 1000 <= value <= AUDIO_EARLY_S * 1000, (name, offsets)
+    assert abs(result["drift_ms"]) <= ONE_FRAME_MS, (result["drift_ms"], offsets)
