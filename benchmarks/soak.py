@@ -7,15 +7,22 @@ above that of the first five after the warm-up.
 
     python -m benchmarks.soak [--sessions 4] [--minutes 30] [--backend mesh] [--avatar astronaut]
 
-Not part of the test suite (it takes half an hour of a quiet machine).
+Each peer runs in its own process, as separate users would: four aiortc peers in one Python
+process saturate its one core, send their audio late and in bursts, and the server can only
+drop the frames (their sessions even ended when ICE consent checks went unanswered). With a
+portrait avatar the peers send no camera. Not part of the test suite (it takes half an hour of
+a quiet machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import sys
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import aiohttp
@@ -26,19 +33,46 @@ from benchmarks.results_io import save
 from benchmarks.synthetic_peer import PeerRun, run_peer
 
 
-async def follow(url: str, run: PeerRun, latest: dict[str, dict[str, Any]], ended: list[dict[str, Any]]) -> None:
-    """Keep the newest stats the server pushes for this peer's session."""
-    while not run.session_id:
-        await asyncio.sleep(0.1)
+def peer_process(url: str, seconds: float, options: dict[str, Any], camera: bool, report: Connection) -> None:
+    """One peer in a process of its own: sends its session id back, then streams to the end."""
+
+    async def stream() -> None:
+        run = PeerRun()
+        peer = asyncio.create_task(run_peer(url, seconds, options, run=run, camera=camera))
+        while not run.session_id and not peer.done():
+            await asyncio.sleep(0.05)
+        report.send(run.session_id or f"refused: {run.status} {run.answer}")
+        await peer
+
+    asyncio.run(stream())
+
+
+async def start_peers(url: str, count: int, seconds: float, options: dict[str, Any]) -> tuple[list[BaseProcess], list[str]]:
+    context = multiprocessing.get_context("spawn")
+    processes, ids = [], []
+    for _ in range(count):
+        ours, theirs = context.Pipe(duplex=False)
+        process = context.Process(target=peer_process, args=(url, seconds, options, options["avatar"] == "camera", theirs), daemon=True)
+        process.start()
+        session_id = await asyncio.to_thread(ours.recv)
+        if session_id.startswith("refused"):
+            raise RuntimeError(f"the server refused a soak peer: {session_id}")
+        processes.append(process)
+        ids.append(session_id)
+    return processes, ids
+
+
+async def follow(url: str, session_id: str, latest: dict[str, dict[str, Any]], ended: list[dict[str, Any]]) -> None:
+    """Keep the newest stats the server pushes for this session."""
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{url}/ws/stats?session={run.session_id}") as socket:
+        async with http.ws_connect(f"{url}/ws/stats?session={session_id}") as socket:
             async for message in socket:
                 data = message.json()
                 if data.get("type") == "stats":
-                    latest[run.session_id] = data
+                    latest[session_id] = data
                 elif data.get("type") == "closed":
-                    ended.append({"session": run.session_id, "at": time.monotonic(), "reason": data["reason"]})
-                    latest.pop(run.session_id, None)
+                    ended.append({"session": session_id, "at": time.monotonic(), "reason": data["reason"]})
+                    latest.pop(session_id, None)
 
 
 def window(samples: list[dict[str, Any]], start: float, end: float, key: str) -> float | None:
@@ -78,13 +112,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     options = {"backend": args.backend, "avatar": args.avatar, "fps": 25}
     if args.avatar != "camera":
         options.update(width=args.size, height=args.size)
-    runs = [PeerRun() for _ in range(args.sessions)]
     latest: dict[str, dict[str, Any]] = {}
+    peers: list[BaseProcess] = []
     ended: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     try:
-        peers = [asyncio.create_task(run_peer(url, seconds, options, run=run)) for run in runs]
-        followers = [asyncio.create_task(follow(url, run, latest, ended)) for run in runs]
+        peers, session_ids = await start_peers(url, args.sessions, seconds, options)
+        followers = [asyncio.create_task(follow(url, session_id, latest, ended)) for session_id in session_ids]
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             await asyncio.sleep(args.every)
@@ -103,11 +137,14 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             }
             samples.append(sample)
             print(sample, flush=True)
-        await asyncio.gather(*peers)
+        for process in peers:
+            await asyncio.to_thread(process.join, 30.0)
         for task in followers:
             task.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
     finally:
+        for process in peers:
+            process.terminate() if process.is_alive() else None
         server.terminate()
         server.wait(timeout=20)
     result: dict[str, Any] = {

@@ -81,12 +81,17 @@ async def run_peer(
     headers: dict[str, str] | None = None,
     size: tuple[int, int] = (160, 120),
     run: PeerRun | None = None,
+    camera: bool = True,
 ) -> PeerRun:
-    """Stream for ``seconds`` and end as ``ending`` says; a refused offer returns its status."""
+    """Stream for ``seconds`` and end as ``ending`` says; a refused offer returns its status.
+    Without ``camera`` the peer only receives video (a portrait avatar needs no camera)."""
     run = run or PeerRun()
     pc = RTCPeerConnection()
     pc.addTrack(ToneAudio())
-    pc.addTrack(PatternVideo(*size))
+    if camera:
+        pc.addTrack(PatternVideo(*size))
+    else:
+        pc.addTransceiver("video", direction="recvonly")
     tasks: list[asyncio.Task[None]] = []
 
     async def record(track: MediaStreamTrack) -> None:

@@ -14,6 +14,7 @@ windows ignore it.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import time
@@ -146,11 +147,11 @@ class AudioIn:
 
     def arrival_and_features_of(self, media_s: float) -> tuple[float, float] | None:
         """As ``arrival_of``, with the seconds from that arrival until its features were ready."""
-        target = media_s * PLAYBACK_RATE
-        for end, arrival, features_s in self._arrivals:
-            if end >= target:
-                return arrival, features_s
-        return None
+        index = bisect.bisect_left(self._arrivals, media_s * PLAYBACK_RATE, key=lambda row: row[0])
+        if index == len(self._arrivals):
+            return None
+        _, arrival, features_s = self._arrivals[index]
+        return arrival, features_s
 
     def window(self, center_s: float, before_s: float, after_s: float) -> AudioWindow:
         """16 kHz PCM over [center - before, center + after) and the mel frames centred there."""

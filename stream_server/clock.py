@@ -16,10 +16,9 @@ mapping (the 5th percentile): a frame that arrived at wall time w shows about me
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import time
-
-import numpy as np
 
 PERCENTILE = 95.0
 FAST_PERCENTILE = 5.0
@@ -33,6 +32,7 @@ class MediaClock:
         self.fast_origin: float | None = None  # the same for audio that took the quickest path
         self.started = asyncio.Event()
         self._offsets: collections.deque[tuple[float, float]] = collections.deque()  # (arrival, offset)
+        self._sorted: list[float] = []  # the same offsets, sorted (percentiles on every frame stay cheap)
 
     @staticmethod
     def wall_now() -> float:
@@ -40,13 +40,13 @@ class MediaClock:
 
     def observe(self, media_s: float, arrival: float) -> None:
         """Audio up to ``media_s`` arrived at wall time ``arrival``."""
-        self._offsets.append((arrival, arrival - media_s))
+        offset = arrival - media_s
+        self._offsets.append((arrival, offset))
+        bisect.insort(self._sorted, offset)
         while self._offsets[0][0] < arrival - self.window_s:
-            self._offsets.popleft()
-        offsets = [offset for _, offset in self._offsets]
-        late, fast = np.percentile(offsets, [PERCENTILE, FAST_PERCENTILE])
-        self.origin = _approach(self.origin, float(late))
-        self.fast_origin = _approach(self.fast_origin, float(fast))
+            del self._sorted[bisect.bisect_left(self._sorted, self._offsets.popleft()[1])]
+        self.origin = _approach(self.origin, _percentile(self._sorted, PERCENTILE))
+        self.fast_origin = _approach(self.fast_origin, _percentile(self._sorted, FAST_PERCENTILE))
         self.started.set()
 
     def start_without_audio(self, wall: float) -> None:
@@ -74,6 +74,14 @@ class MediaClock:
         """Wall time at which a camera frame showing ``media_s`` arrives (see the module doc)."""
         assert self.fast_origin is not None, "the clock has not started"
         return self.fast_origin + media_s
+
+
+def _percentile(ordered: list[float], percent: float) -> float:
+    """The percentile of sorted values, interpolated linearly (numpy's default method)."""
+    position = percent / 100.0 * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _approach(current: float | None, target: float) -> float:

@@ -122,7 +122,7 @@ class FrameScheduler(Generic[Frame]):
         self.next_slot = self.next_emit = slot
 
     # -- dispatch --------------------------------------------------------------------------
-    def _finish_by(self, slot: int) -> float:
+    def finish_by(self, slot: int) -> float:
         """When a job for ``slot`` must be done. A backend slower than real time must finish a
         frame interval early, so that the gap before the slot can be interpolated towards it."""
         slow = self.config.interpolate and self.backend_s > self.config.interval_s
@@ -130,7 +130,7 @@ class FrameScheduler(Generic[Frame]):
 
     def _last_call(self, slot: int) -> float:
         """The latest time a job for ``slot`` can start and still be done in time."""
-        return self._finish_by(slot) - self.backend_s - LAST_CALL_S
+        return self.finish_by(slot) - self.backend_s - LAST_CALL_S
 
     def poll(self, now: float, audio_horizon: float) -> list[int]:
         """Slots to hand to the backend now. Skips (drops) slots that can no longer be in time."""
@@ -143,7 +143,7 @@ class FrameScheduler(Generic[Frame]):
             if not audio_in and now < self._last_call(slot) - 1e-9:
                 break  # wait for its audio
             finish = max(now, self._busy_until) + self.backend_s
-            if finish > self._finish_by(slot) + 1e-9:
+            if finish > self.finish_by(slot) + 1e-9:
                 self.counts.dropped += 1  # cannot be ready in time: never render late
                 self.next_slot += 1
                 continue
@@ -178,6 +178,13 @@ class FrameScheduler(Generic[Frame]):
         if slot in self.in_flight:
             self.in_flight.discard(slot)
             self.counts.dropped += 1
+
+    def expired(self, slot: int, now: float) -> None:
+        """The worker gave the job up unrun: it could not be done by ``finish_by`` (the backend
+        is shared and busy with other sessions' frames). Counted as dropped."""
+        self.in_flight.discard(slot)
+        self._replan(now)
+        self.counts.dropped += 1
 
     def failed(self, slot: int, now: float) -> None:
         """The backend raised on this slot: it will be filled like a dropped one."""

@@ -41,7 +41,7 @@ from stream_server.scheduler import Emission, FrameKind, FrameScheduler, Schedul
 from stream_server.sender_reports import SenderReports
 from stream_server.stages import SlotTimes, TraceWriter, stage_durations
 from stream_server.stats import SessionStats
-from stream_server.worker import BackendHung, BackendWorker, JobResult
+from stream_server.worker import BackendHung, BackendWorker, FrameExpired, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class Session:
 
         backend = self.backend
         self._slot_times[slot] = SlotTimes(dispatched=MediaClock.wall_now())
-        future = self.worker.submit(build)
+        future = self.worker.submit(build, due=self.clock.wall(self.scheduler.finish_by(slot)))
         self._jobs[slot] = future
         future.add_done_callback(lambda done: self._on_result(slot, done, backend))
 
@@ -340,7 +340,9 @@ class Session:
             return
         now = self.clock.media_now()
         error = future.exception()
-        if error is not None and backend is not self.backend:
+        if isinstance(error, FrameExpired):
+            self.scheduler.expired(slot, now)
+        elif error is not None and backend is not self.backend:
             self.scheduler.failed(slot, now)  # a job of the backend this session has already left
         elif error is not None:
             self.scheduler.failed(slot, now)

@@ -6,6 +6,12 @@ when the job was picked up, built and finished (for the per-stage timings). Jobs
 the worker becomes free are taken together, up to the backend's preferred batch size, so frames
 of different sessions due in the same tick share one ``generate`` call.
 
+Each job says by when its frame is needed. The worker takes the jobs due first, and a job that
+can no longer be done by then fails at once with :class:`FrameExpired` instead of being run:
+when several sessions ask for more than the backend can do, serving the queue in order would
+make every frame late (each waits behind the others' until its slot has been sent), and no
+session would get a single generated frame; this way the frames that can be on time are.
+
 A backend that hangs cannot be interrupted (Python cannot stop a thread), so the worker says how
 long its current batch has been running (``busy_s``); the server's watchdog then calls
 ``abandon``: every job waiting or running fails with :class:`BackendHung` at once, the thread is
@@ -38,6 +44,10 @@ class JobResult:
     finished: float  # and generate returned
 
 
+class FrameExpired(Exception):
+    """The job's frame could no longer be ready by when it was needed; it was not run."""
+
+
 class BackendHung(BackendError):
     """The backend's generate() ran past the watchdog's limit; its jobs were given up."""
 
@@ -47,6 +57,7 @@ class _Pending:
     build: Callable[[], FrameJob]
     future: asyncio.Future[JobResult]
     loop: asyncio.AbstractEventLoop
+    due: float  # monotonic time by which the frame is needed
 
 
 def _settle(future: asyncio.Future[JobResult], result: JobResult | None, error: BaseException | None) -> None:
@@ -72,17 +83,20 @@ class BackendWorker:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._busy_since: float | None = None  # monotonic time when the running batch started
         self._running: list[_Pending] = []
+        self._backlog: list[_Pending] = []  # taken off the queue, not yet run (worker thread only)
+        self.job_s = 0.0  # the worker's time per job, building included (moving average)
         self.abandoned: str = ""  # why the worker was given up (empty while it is in service)
         self._thread = threading.Thread(target=self._run, name=f"backend-{backend.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, build: Callable[[], FrameJob]) -> asyncio.Future[JobResult]:
+    def submit(self, build: Callable[[], FrameJob], due: float = float("inf")) -> asyncio.Future[JobResult]:
+        """Queue a job whose frame is needed by monotonic time ``due``."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[JobResult] = loop.create_future()
         if self.abandoned:
             future.set_exception(BackendHung(self.abandoned))
         else:
-            self._queue.put(_Pending(build, future, loop))
+            self._queue.put(_Pending(build, future, loop, due))
         return future
 
     def busy_s(self) -> float:
@@ -93,7 +107,7 @@ class BackendWorker:
     def abandon(self, reason: str) -> None:
         """Fail every waiting and running job with BackendHung and take no more (loop thread)."""
         self.abandoned = reason
-        pending = list(self._running)
+        pending = list(self._running) + list(self._backlog)
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -112,21 +126,48 @@ class BackendWorker:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None or self.abandoned:
+            if not self._backlog:
+                first = self._queue.get()
+                if first is None:
+                    return
+                self._backlog.append(first)
+            stopping = self._drain_queue()
+            if self.abandoned:
                 return
-            batch = [first]
-            while len(batch) < self.backend.batch_size:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(more)
-            self._process(batch)
-            first = more = batch = None  # type: ignore[assignment]  # hold no session's job (nor its buffers) while waiting
+            batch = self._take_batch()
+            if batch:
+                self._process(batch)
+            batch = []  # hold no session's job (nor its buffers) while waiting
+            if stopping:
+                return
+
+    def _drain_queue(self) -> bool:
+        """Move every queued job to the backlog; True if a stop was queued."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            self._backlog.append(item)
+
+    def _take_batch(self) -> list[_Pending]:
+        """The jobs due first, up to the batch size, that can still be done in time; those that
+        cannot fail with FrameExpired, the rest wait for the next round."""
+        now = time.monotonic()
+        waiting = sorted((p for p in self._backlog if not p.future.cancelled()), key=lambda p: p.due)
+        batch: list[_Pending] = []
+        kept: list[_Pending] = []
+        for pending in waiting:
+            if pending.due < now + self.job_s:
+                _post(pending, None, FrameExpired("the frame could not be ready by its deadline"))
+            elif len(batch) < self.backend.batch_size and pending.due >= now + (len(batch) + 1) * self.job_s:
+                batch.append(pending)
+            else:
+                kept.append(pending)
+        self._backlog = kept
+        return batch
 
     def _process(self, batch: list[_Pending]) -> None:
         picked = time.monotonic()
@@ -157,5 +198,6 @@ class BackendWorker:
             self._running, self._busy_since = [], None
         finished = time.monotonic()
         per_job, service = (finished - built) / len(jobs), (finished - picked) / len(jobs)
+        self.job_s = service if self.job_s == 0.0 else 0.8 * self.job_s + 0.2 * service
         for pending, frame in zip(ready, frames):
             _post(pending, JobResult(frame, per_job, service, picked, built, finished), None)

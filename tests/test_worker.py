@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -48,3 +49,25 @@ async def test_a_failing_backend_fails_its_jobs_not_the_worker(mode: str, messag
             await worker.submit(lambda: job("a", 1))
     finally:
         worker.stop()
+
+
+async def test_when_sessions_ask_more_than_the_backend_can_do_the_frames_that_can_be_on_time_are() -> None:
+    """Jobs are taken by when they are due, and one that can no longer be done in time fails at
+    once with FrameExpired instead of making every frame behind it late too."""
+    BatchingBackend.batches.clear()
+    worker = BackendWorker(BatchingBackend())  # 10 ms per job, 4 per batch
+    try:
+        await worker.submit(lambda: job("warm", 0))  # the worker learns its time per job
+        now = time.monotonic()
+        # due in the reverse order of submission; two are already past due
+        dues = [now + 0.5, now + 0.3, now + 0.1, now - 0.01, now - 0.02]
+        futures = [worker.submit(lambda k=k: job("a", k), due=due) for k, due in enumerate(dues)]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        worker.stop()
+    assert [type(o).__name__ for o in outcomes[3:]] == ["FrameExpired", "FrameExpired"]
+    done = outcomes[:3]
+    assert all(not isinstance(o, BaseException) for o in done)
+    # the one due first finished first
+    assert done[2].finished <= done[1].finished <= done[0].finished
+    assert all(o.finished <= due for o, due in zip(done, dues))
