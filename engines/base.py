@@ -116,6 +116,12 @@ class Backend(abc.ABC):
         """None when the backend can run here, else a sentence saying why not and what to do."""
         return None
 
+    @classmethod
+    def calibration_key(cls) -> str:
+        """What, besides its code and the machine, this backend's speed depends on (its model
+        files, the provider forced): a cached speed measurement is reused only while it matches."""
+        return ""
+
     def load(self) -> None:
         """Load models and warm up. Called once per process, in a worker thread."""
 

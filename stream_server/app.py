@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSMsgType, web
 from aiortc import RTCSessionDescription
 
+from engines.auto import AutoChoice, choose_backend
 from engines.base import Avatar, AvatarError
 from engines.registry import BackendRegistry
 from stream_server import metrics, whip
@@ -63,6 +64,13 @@ class Server:
         self.channels: dict[str, Channel] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.limits = SessionLimits(settings.idle_timeout_s, settings.max_session_s, settings.failures_before_fallback)
+        self.auto: AutoChoice | None = None  # how --backend auto chose the default backend
+
+    async def choose_auto_backend(self) -> None:
+        """Resolve ``--backend auto`` once, at start-up: measure (or recall) and pick."""
+        self.auto = await asyncio.to_thread(choose_backend, self.registry, self.settings.fps)
+        self.settings.backend = self.auto.backend
+        log.info("backend auto: %s", self.auto.reason)
 
     async def worker(self, backend: str) -> BackendWorker:
         """The backend's shared worker, loading the backend on first use (off the loop)."""
@@ -276,7 +284,10 @@ async def delete_session(request: web.Request) -> web.Response:
 async def backends(request: web.Request) -> web.Response:
     server: Server = request.app[SERVER]
     infos = await asyncio.to_thread(server.registry.infos)
-    return web.json_response({"default": server.settings.backend, "backends": [i.to_json() for i in infos]})
+    body: dict[str, Any] = {"default": server.settings.backend, "backends": [i.to_json() for i in infos]}
+    if server.auto is not None:
+        body["auto"] = server.auto.to_json()
+    return web.json_response(body)
 
 
 async def avatars(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
+from engines.auto import AUTO
 from engines.registry import DEFAULT_BACKEND, backend_names
 
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="start the server and its web page", description="Start the WebRTC server and serve the web client.")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default 8080; 0 picks a free one)")
-    serve.add_argument("--backend", default=None, choices=backend_names(), help=f"default backend for new sessions (default {DEFAULT_BACKEND})")
+    serve.add_argument("--backend", default=None, choices=[*backend_names(), AUTO], help=f"default backend for new sessions (default {DEFAULT_BACKEND}; auto: the best-looking one that holds --fps on this machine, measured once and cached)")
     serve.add_argument("--avatar", default=None, help="default avatar for new sessions (camera, astronaut, or the name of an --avatar-file)")
     serve.add_argument("--avatar-file", action="append", type=Path, default=[], metavar="IMAGE", help="add an image file as an avatar, named after the file (repeatable)")
     serve.add_argument("--fps", type=int, default=None, help="default output frame rate (default 25)")
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--avatar", required=True, help="an image, a video (a recorded camera), or a bundled avatar name (astronaut)")
     render.add_argument("--audio", required=True, type=Path, help="speech to lip-sync (any format FFmpeg reads)")
     render.add_argument("-o", "--output", required=True, type=Path, help="the MP4 to write")
-    render.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
+    render.add_argument("--backend", default=DEFAULT_BACKEND, choices=[*backend_names(), AUTO], help=f"default {DEFAULT_BACKEND}; auto: the best-looking one that holds --fps here")
     render.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     render.add_argument("--width", type=int, default=None, help="output width (default: the avatar's)")
     render.add_argument("--height", type=int, default=None, help="output height (default: the avatar's)")
@@ -195,6 +196,13 @@ async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined
 
     app = create_app(settings)
     server = app[SERVER]
+    if settings.backend == AUTO:
+        try:
+            await server.choose_auto_backend()
+        except RuntimeError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        assert server.auto is not None
+        print(f"backend auto: {server.auto.reason}", flush=True)
     if settings.avatar not in server.avatars.names():
         raise SystemExit(f"error: unknown default avatar {settings.avatar!r}; valid: {', '.join(server.avatars.names())}")
     runner = web.AppRunner(app, access_log=None)
@@ -205,7 +213,8 @@ async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined
     port = runner.addresses[0][1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     scheme = "https" if tls else "http"
-    print(f"Serving on {scheme}://{host}:{port}  (backend {settings.backend}; open it in a browser, Ctrl-C stops)", flush=True)
+    chosen = f"backend {settings.backend}" + (" chosen by auto" if server.auto else "")
+    print(f"Serving on {scheme}://{host}:{port}  ({chosen}; open it in a browser, Ctrl-C stops)", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

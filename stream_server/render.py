@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import av
 import numpy as np
 
+from engines.auto import AUTO, choose_backend
 from engines.base import FrameJob
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
@@ -146,6 +147,10 @@ def render(
     width, height = size
     video_base = VideoBase(avatar_path, size) if is_video else None
 
+    if backend_name == AUTO:
+        choice = choose_backend(registry, fps)
+        log.info("auto: %s", choice.reason)
+        backend_name = choice.backend
     backend = registry.get(backend_name)
     portrait = None if image is None else fit_cover(image, width, height)
     prepared = backend.prepare_avatar(avatar_path.stem, portrait)

@@ -11,6 +11,7 @@ const DASH = '–';
 const state = {
   pc: null,
   sessionId: null,
+  auto: null, // how --backend auto chose the default backend ({backend, reason}), if it did
   ws: null,
   localStream: null,
   lastServerStats: null,
@@ -127,7 +128,10 @@ function fillSelect(select, items, selected) {
 
 function updateBackendInfo() {
   const opt = $('backend').selectedOptions[0];
-  $('backend-info').textContent = opt ? opt.title || '' : '';
+  let text = opt ? opt.title || '' : '';
+  // with --backend auto, say why the server chose its default
+  if (state.auto && opt && opt.value === state.auto.backend) text = `Chosen by auto: ${state.auto.reason}. ${text}`;
+  $('backend-info').textContent = text;
 }
 
 function updateAvatarThumb() {
@@ -172,6 +176,7 @@ async function loadChoices() {
       title: b.available ? `${b.description || ''}${fps}`.trim() : `Unavailable: ${b.reason || 'unknown reason'}`,
     };
   }));
+  state.auto = backends.auto || null;
   const usable = list.filter((b) => b.available).map((b) => b.name);
   $('backend').value = usable.includes(backends.default) ? backends.default : (usable[0] || '');
   updateBackendInfo();

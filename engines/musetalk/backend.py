@@ -16,6 +16,7 @@ budget optimistic (a cheap silence path needs a calibration on speech first).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,7 @@ from engines.musetalk.audio import CONTEXT_S, LOOKAHEAD_S, frame_features, frame
 from engines.musetalk.export import FILES, onnx_dir
 from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
 from engines.musetalk.weights import find_layout
+from engines.runtime.providers import PROVIDER_ENV
 
 FP16_MODELS = ("unet", "vae_decoder")
 
@@ -75,6 +77,12 @@ class MuseTalkBackend(Backend):
             f"the weights are in {layout.root.resolve()} but not exported ({', '.join(str(p) for p in missing)} missing): "
             "run python -m stream_server export musetalk (needs pip install '.[export]')"
         )
+
+    @classmethod
+    def calibration_key(cls) -> str:
+        folder, missing = _missing_onnx()
+        exported = "" if missing else (folder / "export.json").read_text()
+        return exported + "|" + os.environ.get(PROVIDER_ENV, "")
 
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}
