@@ -121,3 +121,22 @@ def test_tensorrt_engines_are_cached_per_model_gpu_version_precision_and_shapes(
     assert tensorrt_options(path, True, shapes, "NVIDIA L4", "10.3", tmp_path)[1] == cache  # reused next start
     assert tensorrt_options(path, False, shapes, "NVIDIA L4", "10.3", tmp_path)[1] != cache
     assert tensorrt_options(path, True, shapes, "NVIDIA H100", "10.3", tmp_path)[1] != cache
+
+
+def test_the_tensorrt_profile_reads_input_shapes_from_the_graph_alone(tiny_onnx: tuple[Path, object], tmp_path: Path) -> None:
+    """The shapes for a TensorRT profile come from the ONNX graph without loading the weights
+    (no second, CPU copy of a 3.4 GB UNet), and agree with what ONNX Runtime reports."""
+    import onnx
+    import onnxruntime as ort
+
+    from engines.runtime.session import _profile_shapes, input_specs
+
+    path, _ = tiny_onnx
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(tmp_path / "split.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="split.onnx.data", size_threshold=0)
+    (tmp_path / "split.onnx.data").write_bytes(b"")  # the weights are never read: an empty file will do
+    specs = input_specs(ort, tmp_path / "split.onnx")
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    assert [(s.name, s.shape, s.dtype) for s in specs] == [(i.name, tuple(i.shape), i.type) for i in reference]
+    assert _profile_shapes(ort, tmp_path / "split.onnx", 8) == {"x": ((1, 6), (8, 6))}

@@ -36,6 +36,7 @@ _DTYPES = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
+_ONNX_TYPE_NAMES = {np.dtype(dtype): name for name, dtype in _DTYPES.items()}
 
 
 class ModelLoadError(RuntimeError):
@@ -146,14 +147,32 @@ class ModelSession:
             return dict(zip(names, binding.copy_outputs_to_cpu()))
 
 
+def input_specs(ort, path: Path) -> list[TensorSpec]:
+    """The model's inputs, read from its graph alone when the onnx package is there (the
+    weights, 3.4 GB for MuseTalk's UNet, stay on disk); else from a CPU session."""
+    try:
+        import onnx
+    except ImportError:
+        probe = ort.InferenceSession(str(path), providers=[PROVIDERS["cpu"]])
+        return [TensorSpec(i.name, tuple(i.shape), i.type) for i in probe.get_inputs()]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    specs = []
+    for value in graph.input:
+        if value.name in weights:
+            continue  # old exporters list the weights as inputs too
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        specs.append(TensorSpec(value.name, dims, _ONNX_TYPE_NAMES.get(np.dtype(dtype), f"tensor({np.dtype(dtype).name})")))
+    return specs
+
+
 def _profile_shapes(ort, path: Path, max_batch: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
     """(min, max) shape of each input: dynamic dimensions from 1 to ``max_batch``."""
-    probe = ort.InferenceSession(str(path), providers=[PROVIDERS["cpu"]])
-    shapes = {}
-    for i in probe.get_inputs():
-        spec = TensorSpec(i.name, tuple(i.shape), i.type)
-        shapes[i.name] = (spec.concrete(), tuple(d if isinstance(d, int) else max_batch for d in spec.shape))
-    return shapes
+    return {
+        spec.name: (spec.concrete(), tuple(d if isinstance(d, int) else max_batch for d in spec.shape))
+        for spec in input_specs(ort, path)
+    }
 
 
 def tensorrt_options(
