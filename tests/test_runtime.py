@@ -140,3 +140,23 @@ def test_the_tensorrt_profile_reads_input_shapes_from_the_graph_alone(tiny_onnx:
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
     assert [(s.name, s.shape, s.dtype) for s in specs] == [(i.name, tuple(i.shape), i.type) for i in reference]
     assert _profile_shapes(ort, tmp_path / "split.onnx", 8) == {"x": ((1, 6), (8, 6))}
+
+
+def test_one_models_output_feeds_the_next_without_leaving_the_device(tiny_onnx: tuple[Path, "torch.nn.Module"], monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_on_device leaves the outputs where the model ran (CPU memory here, GPU memory on a
+    GPU) and run takes them as they are: the UNet -> VAE decoder hand-off in MuseTalk."""
+    monkeypatch.delenv("LIPSYNC_PROVIDER", raising=False)
+    path, model = tiny_onnx
+    session = ModelSession(path)
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    kept = session.run_on_device({"x": x})["y"]
+    assert kept.device_name() == "cpu" and kept.shape() == [3, 3]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(kept.numpy(), expected, atol=1e-5)
+    padded = np.zeros((3, 6), np.float32)
+    padded[:, :3] = kept.numpy()
+    # an OrtValue as a feed: the same answer as the array it holds
+    from onnxruntime import OrtValue
+
+    np.testing.assert_allclose(session.run({"x": OrtValue.ortvalue_from_numpy(padded)})["y"], session.run({"x": padded})["y"], atol=1e-6)

@@ -30,7 +30,9 @@ from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
 from engines.musetalk.weights import find_layout
 from engines.runtime.providers import PROVIDER_ENV
 
-FP16_MODELS = ("unet", "vae_decoder")
+# fp16 on TensorRT for the UNet only: others' fp16 SD-VAE decoders collapsed to grey faces
+# (GroupNorm overflows in half precision), so the decoder stays fp32 until measured on a GPU
+FP16_MODELS = ("unet",)
 
 def _missing_onnx() -> tuple[Path, list[Path]]:
     folder = onnx_dir(find_layout())
@@ -94,10 +96,10 @@ class MuseTalkBackend(Backend):
         folder = onnx_dir(find_layout())
         self._info = json.loads((folder / "export.json").read_text())
         for name in ("whisper", "unet", "vae_encoder", "vae_decoder"):
-            # fp16 (TensorRT only) for the costly pair; see export.py on precision
+            # fp16 only affects TensorRT; see FP16_MODELS and export.py on precision
             self._sessions[name] = shared_session(folder / f"{name}.onnx", fp16=name in FP16_MODELS)
 
-    def _run(self, name: str, value: np.ndarray) -> np.ndarray:
+    def _run(self, name: str, value: "np.ndarray | object") -> np.ndarray:
         session = self._sessions[name]
         return next(iter(session.run({session.input_names[0]: value}).values()))  # type: ignore[attr-defined]
 
@@ -163,9 +165,9 @@ class MuseTalkBackend(Backend):
             hidden = self._run("whisper", np.stack([mel for _, _, mel in todo]))  # (B, steps, layers, dim)
             audio = np.stack([frame_features(h) for h in hidden]).astype(np.float32)
             latents = np.stack([p.latents for _, p, _ in todo])
-            session = self._sessions["unet"]
-            out = session.run({"latents": latents, "audio": audio})["latents_out"]  # type: ignore[attr-defined]
-            images = self._run("vae_decoder", np.ascontiguousarray(out, np.float32))
+            # the UNet's latents go to the VAE decoder where they are (GPU memory on a GPU)
+            latents_out = self._sessions["unet"].run_on_device({"latents": latents, "audio": audio})["latents_out"]  # type: ignore[attr-defined]
+            images = self._run("vae_decoder", latents_out)
             images = (images.transpose(0, 2, 3, 1) * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
             for (i, prepared, _), image in zip(todo, images):
                 frames[i] = paste(jobs[i].base_frame, prepared.face, image)

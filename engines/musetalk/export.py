@@ -7,10 +7,12 @@ dimension, and ``export.json`` (the sizes and the error of each against PyTorch)
 is run by ONNX Runtime on the same random inputs as PyTorch and the largest absolute difference
 is printed; above ``TOLERANCE`` the export fails.
 
-Precision: the export is fp32. On TensorRT the plan is fp16 for the UNet and the VAE decoder (the
-costly part) and fp32 for the Whisper encoder and the VAE encoder (cheap: the encoder sees 1 s of
-audio per frame, the VAE encoder runs only when an avatar is prepared, so fp16 buys little there
-for an accuracy risk). Not yet measured on a GPU.
+Precision: the export is fp32. On TensorRT the UNet (most of the cost) runs in fp16, within a
+batch of at most 8 (large-batch fp16 UNet engines have been seen to diverge). Everything else
+stays fp32: the VAE decoder because fp16 SD-VAE decoders are known to collapse to grey faces
+(GroupNorm overflows in half precision), the Whisper encoder and the VAE encoder because they
+are cheap (the encoder sees 1 s of audio per frame, the VAE encoder runs only when a face is
+prepared). Not yet measured on a GPU.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A :class:`ModelSession` is created once per process and model file (:func:`shared_session`) and
 shared by every streaming session: the worker already groups the frames due in the same tick
 across sessions into one ``generate`` call (``Backend.batch_size``), so a backend runs its
-models once per batch. On a GPU the inputs and outputs stay on the device between models
-(I/O binding); on CPU plain ``run`` is used, since binding buys nothing there.
+models once per batch. On a GPU inputs and outputs go through I/O binding, and a model's output
+can stay on the device for the next model (``run_on_device``); on CPU plain ``run`` is used,
+since binding buys nothing there.
 
 TensorRT engines are built by ONNX Runtime's TensorRT provider into an engine cache folder per
 :func:`~engines.runtime.cache.engine_cache_key` (model hash, GPU, TensorRT version, precision and
@@ -18,12 +19,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from engines.runtime.cache import engine_cache_key
 from engines.runtime.providers import PROVIDERS, gpu_name, select_providers, tensorrt_version
+
+if TYPE_CHECKING:
+    from onnxruntime import OrtValue
 
 log = logging.getLogger(__name__)
 
@@ -128,23 +132,36 @@ class ModelSession:
             elapsed = time.perf_counter() - started
         return elapsed
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Run the model; returns the outputs by name as numpy arrays."""
-        names = list(outputs or self.output_names)
-        missing = [spec.name for spec in self.inputs if spec.name not in feeds]
-        if missing:
-            raise ValueError(f"{self.path.name}: missing inputs {missing}; expects {self.input_names}")
-        if not self.on_gpu:
+    def run(self, feeds: Mapping[str, "np.ndarray | OrtValue"], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model; returns the outputs by name as numpy arrays. A feed may be another
+        model's output left on the device by :meth:`run_on_device`."""
+        names = self._check(feeds, outputs)
+        if not self.on_gpu and all(isinstance(v, np.ndarray) for v in feeds.values()):
             values = self.session.run(names, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
             return dict(zip(names, values))
+        return {name: value.numpy() for name, value in self.run_on_device(feeds, names).items()}
+
+    def run_on_device(self, feeds: Mapping[str, "np.ndarray | OrtValue"], outputs: Sequence[str] | None = None) -> dict[str, "OrtValue"]:
+        """Run through I/O binding and leave the outputs where the model ran (GPU memory on a
+        GPU), so the next model can take them without a round trip through the host."""
+        names = self._check(feeds, outputs)
         with self._lock:
             binding = self.session.io_binding()
             for name, value in feeds.items():
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, np.ascontiguousarray(value))
+                else:
+                    binding.bind_ortvalue_input(name, value)
             for name in names:
-                binding.bind_output(name, "cuda")  # stays on the GPU until copied out below
+                binding.bind_output(name, "cuda" if self.on_gpu else "cpu")
             self.session.run_with_iobinding(binding)
-            return dict(zip(names, binding.copy_outputs_to_cpu()))
+            return dict(zip(names, binding.get_outputs()))
+
+    def _check(self, feeds: Mapping[str, object], outputs: Sequence[str] | None) -> list[str]:
+        missing = [spec.name for spec in self.inputs if spec.name not in feeds]
+        if missing:
+            raise ValueError(f"{self.path.name}: missing inputs {missing}; expects {self.input_names}")
+        return list(outputs or self.output_names)
 
 
 def input_specs(ort, path: Path) -> list[TensorSpec]:
