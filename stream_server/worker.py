@@ -126,20 +126,22 @@ class BackendWorker:
 
     def _run(self) -> None:
         while True:
-            if not self._backlog:
-                first = self._queue.get()
-                if first is None:
-                    return
-                self._backlog.append(first)
+            if not self._backlog and not self._wait_for_job():
+                return
             stopping = self._drain_queue()
             if self.abandoned:
                 return
-            batch = self._take_batch()
-            if batch:
-                self._process(batch)
-            batch = []  # hold no session's job (nor its buffers) while waiting
+            self._process(self._take_batch())  # no local keeps a job (nor its session) while waiting
             if stopping:
                 return
+
+    def _wait_for_job(self) -> bool:
+        """Block until a job comes and put it in the backlog; False if told to stop."""
+        item = self._queue.get()
+        if item is None:
+            return False
+        self._backlog.append(item)
+        return True
 
     def _drain_queue(self) -> bool:
         """Move every queued job to the backlog; True if a stop was queued."""
