@@ -162,9 +162,11 @@ class BackendWorker:
         batch: list[_Pending] = []
         kept: list[_Pending] = []
         for pending in waiting:
-            if pending.due < now + self.job_s:
+            # the job due first is run unless already past due: its time keeps job_s true (a
+            # slow first call, a model warming up, must not make every later job look hopeless)
+            if pending.due < now or (batch and pending.due < now + self.job_s):
                 _post(pending, None, FrameExpired("the frame could not be ready by its deadline"))
-            elif len(batch) < self.backend.batch_size and pending.due >= now + (len(batch) + 1) * self.job_s:
+            elif not batch or (len(batch) < self.backend.batch_size and pending.due >= now + (len(batch) + 1) * self.job_s):
                 batch.append(pending)
             else:
                 kept.append(pending)

@@ -83,3 +83,18 @@ class FailingLoadBackend(SlowBackend):
 
     def load(self) -> None:
         raise OSError("weights file /models/badload.onnx is truncated")
+
+
+class SlowStartBackend(SlowBackend):
+    """Takes ``first_s`` on its first call (a model or a face tracker warming up), then 10 ms."""
+
+    name = "slowstart"
+    delay_s = 0.01
+    first_s = 0.5
+    calls = 0
+
+    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        type(self).calls += 1
+        if type(self).calls == 1:
+            time.sleep(self.first_s)
+        return super().generate(jobs)
