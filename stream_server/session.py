@@ -555,35 +555,32 @@ class Session:
         self._slot_times.clear()
 
 
-class SlotVideoTrack(MediaStreamTrack):
+class _SessionTrack(MediaStreamTrack):
+    """An outgoing track that asks its session for every frame; cut loose when the session ends."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session: Session | None = session
+
+    def release(self) -> None:
+        self._session = None
+        self.remove_all_listeners()
+
+    def _live_session(self) -> Session:
+        if self.readyState != "live" or self._session is None:
+            raise MediaStreamError
+        return self._session
+
+
+class SlotVideoTrack(_SessionTrack):
     kind = "video"
 
-    def __init__(self, session: Session) -> None:
-        super().__init__()
-        self._session: Session | None = session
-
-    def release(self) -> None:
-        self._session = None
-        self.remove_all_listeners()
-
     async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live" or self._session is None:
-            raise MediaStreamError
-        return await self._session.next_video_frame()
+        return await self._live_session().next_video_frame()
 
 
-class DelayedAudioTrack(MediaStreamTrack):
+class DelayedAudioTrack(_SessionTrack):
     kind = "audio"
 
-    def __init__(self, session: Session) -> None:
-        super().__init__()
-        self._session: Session | None = session
-
-    def release(self) -> None:
-        self._session = None
-        self.remove_all_listeners()
-
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live" or self._session is None:
-            raise MediaStreamError
-        return await self._session.next_audio_frame()
+        return await self._live_session().next_audio_frame()

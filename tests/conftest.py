@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
+from aiortc import RTCPeerConnection
 from threadpoolctl import threadpool_limits
 
 from engines import registry
@@ -65,3 +66,16 @@ async def live(start_server: StartServer) -> Live:
 @pytest.fixture
 async def server_url(live: Live) -> str:
     return live.url
+
+
+async def offer_sdp(video: bool = True, audio: bool = True) -> str:
+    """A real aiortc offer with the sections asked for (sendrecv), for requests built by hand."""
+    pc = RTCPeerConnection()
+    if audio:
+        pc.addTransceiver("audio", direction="sendrecv")
+    if video:
+        pc.addTransceiver("video", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp

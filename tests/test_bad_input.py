@@ -14,25 +14,12 @@ from typing import Any
 import aiohttp
 import cv2
 import numpy as np
-from aiortc import RTCPeerConnection
 
 from benchmarks.synthetic_peer import PeerRun, run_peer
 from stream_server.avatars import BUNDLED
-from tests.conftest import StartServer
+from tests.conftest import StartServer, offer_sdp
 
 UPLOAD_LIMIT = 200 * 1024
-
-
-async def real_offer(audio: bool = True, video: bool = True) -> str:
-    pc = RTCPeerConnection()
-    if audio:
-        pc.addTransceiver("audio", direction="sendrecv")
-    if video:
-        pc.addTransceiver("video", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def only_codec(sdp: str, kind: str, codec: str) -> str:
@@ -89,8 +76,8 @@ class Case:
 
 
 async def cases() -> list[Case]:
-    offer = await real_offer()
-    video_only = await real_offer(audio=False)
+    offer = await offer_sdp()
+    video_only = await offer_sdp(audio=False)
     gradient = np.tile(np.linspace(0, 255, 256, dtype=np.uint8)[None, :, None], (256, 1, 3))
     face = BUNDLED["astronaut"].read_bytes()
     assert len(face) < UPLOAD_LIMIT
@@ -105,7 +92,7 @@ async def cases() -> list[Case]:
         Case("SDP garbage", "POST", "/offer", 400, "the offer could not be applied", json={"sdp": "v=0\r\nm=video garbage\r\n", "type": "offer"}),
         Case("SDP without media", "POST", "/offer", 400, "no media sections", json={"sdp": "v=0\r\ns=-\r\n", "type": "offer"}),
         Case("unsupported video codec", "POST", "/offer", 400, "could not be applied", json={"sdp": only_codec(offer, "video", "H265/90000"), "type": "offer"}),
-        Case("audio-only offer", "POST", "/offer", 400, "no video section", json={"sdp": await real_offer(video=False), "type": "offer"}),
+        Case("audio-only offer", "POST", "/offer", 400, "no video section", json={"sdp": await offer_sdp(video=False), "type": "offer"}),
         # POST /offer: the options
         Case("options of the wrong type", "POST", "/offer", 400, "options must be a JSON object", json=body(["mesh"])),
         Case("unknown option", "POST", "/offer", 400, "unknown option(s) volume", json=body({"volume": 11})),

@@ -6,19 +6,9 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from tests.conftest import offer_sdp
+
 AUDIO_ONLY_SDP_NOTE = "no video section"
-
-
-async def offer_sdp(video: bool = True, audio: bool = True) -> str:
-    pc = RTCPeerConnection()
-    if audio:
-        pc.addTransceiver("audio", direction="sendrecv")
-    if video:
-        pc.addTransceiver("video", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 async def test_listings_health_and_metrics(server_url: str) -> None:
