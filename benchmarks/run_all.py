@@ -14,6 +14,7 @@ import time
 STEPS: list[list[str]] = [
     ["benchmarks.backend_speed", "--backend", "mesh"],
     ["benchmarks.loopback", "--backend", "passthrough", "--seconds", "30"],
+    ["benchmarks.loopback", "--backend", "passthrough", "--avatar", "astronaut", "--seconds", "30"],
     ["benchmarks.loopback", "--backend", "mesh", "--seconds", "30"],
     ["benchmarks.loopback", "--backend", "mesh", "--avatar", "astronaut", "--seconds", "30"],
     ["benchmarks.glass_to_glass", "--backend", "mesh", "--events", "100"],
