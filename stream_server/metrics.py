@@ -11,7 +11,7 @@ SESSIONS_TOTAL = Counter("lipsync_sessions_started", "Sessions started", registr
 FPS_OUT = Gauge("lipsync_fps_out", "Frames sent per second over the last second", ["session"], registry=REGISTRY)
 FRAMES = Counter(
     "lipsync_frames",
-    "Output slots by what filled them (generated, interpolated, repeated) and slots dropped",
+    "Output slots by what filled them (generated, interpolated, repeated), slots not generated in time (dropped) and slots not sent (unsent)",
     ["backend", "kind"],
     registry=REGISTRY,
 )

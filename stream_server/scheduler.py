@@ -85,8 +85,9 @@ class Counts:
     generated: int = 0
     interpolated: int = 0
     repeated: int = 0
-    dropped: int = 0  # slots skipped before generation, or whose frame came after its deadline
+    dropped: int = 0  # slots not generated in time: skipped before generation, or whose frame came late
     failed: int = 0  # jobs the backend raised on
+    unsent: int = 0  # slots the sender skipped because sending fell behind (an overloaded process)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -203,7 +204,7 @@ class FrameScheduler(Generic[Frame]):
         """What to send for ``slot`` (called at its deadline, slots in increasing order)."""
         skipped = slot - self.next_emit  # the sender fell behind and skipped slots
         if skipped > 0:
-            self.counts.dropped += skipped
+            self.counts.unsent += skipped  # not "dropped": most were already counted there
         self.next_emit = slot + 1
         position = bisect.bisect_left(self._ready_slots, slot)
         if position < len(self._ready_slots) and self._ready_slots[position] == slot:

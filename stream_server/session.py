@@ -422,7 +422,7 @@ class Session:
         if wait > 0:
             await asyncio.sleep(wait)
         elif -wait > scheduler.config.interval_s:
-            # the encoder fell behind: skip to the newest slot that is due (counted as dropped)
+            # the encoder fell behind: skip to the newest slot that is due (counted as unsent)
             slot = math.floor((self.clock.media_now() - scheduler.config.delay_s) * scheduler.config.fps)
         emission = scheduler.emit(slot)
         emitted = MediaClock.wall_now()
@@ -471,7 +471,7 @@ class Session:
                 "stages_ms": None if stages is None else {k: round(v * 1000, 2) for k, v in stages.items()},
             })
         counts = self.scheduler.counts.as_dict()
-        for kind in ("generated", "interpolated", "repeated", "dropped"):
+        for kind in ("generated", "interpolated", "repeated", "dropped", "unsent"):
             if counts[kind] > self._counted[kind]:
                 metrics.FRAMES.labels(self.backend.name, kind).inc(counts[kind] - self._counted[kind])
         self._counted = counts

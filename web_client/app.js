@@ -389,6 +389,7 @@ function renderServerStats(s) {
   setText('stat-interpolated', fmt(frames.interpolated));
   setText('stat-repeated', fmt(frames.repeated));
   setText('stat-dropped', fmt(frames.dropped));
+  setText('stat-unsent', fmt(frames.unsent));
   setText('stat-latency', `${fmt(lat.p50)} / ${fmt(lat.p95)}`);
   setText('stat-delay', fmt(s.delay_ms));
   setText('stat-face-lost', fmt((s.backend_stats || {}).face_lost));
