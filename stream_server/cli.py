@@ -242,6 +242,7 @@ def render_command(args: argparse.Namespace) -> int:
         "duration_s": round(result.duration_s, 2),
         "wall_s": round(result.wall_s, 2),
         "counts": result.counts,
+        "backend_stats": result.backend_stats,
     }
     print(json.dumps(summary))
     return 0

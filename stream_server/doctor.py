@@ -41,7 +41,7 @@ def tensorrt_version() -> str | None:
 
 
 def report() -> dict[str, Any]:
-    from engines.musetalk.export import FILES, onnx_dir
+    from engines.musetalk.export import FACE_PARSE, FILES, onnx_dir
     from engines.musetalk.weights import PUBLISHED, find_layout
     from engines.registry import BackendRegistry
     from engines.runtime.providers import PROVIDER_ENV, ProviderChoiceError, available_providers, onnxruntime_version, select_providers
@@ -63,6 +63,7 @@ def report() -> dict[str, Any]:
         "looked_at": {part: [str(p) for p in paths] for part, paths in layout.looked_at.items()},
         "published": PUBLISHED,
         "onnx": {name: (onnx_dir(layout) / name).is_file() for name in FILES},
+        "face_parse_onnx": (onnx_dir(layout) / FACE_PARSE).is_file(),  # optional: the BiSeNet mask
     }
     registry = BackendRegistry()
     return {
@@ -97,8 +98,17 @@ def print_report(data: dict[str, Any], as_json: bool = False) -> None:
         print(f"  {info['name']}: {state}")
     w = data["musetalk_weights"]
     print(f"MuseTalk files (models directory {w['models_dir']}; set LIPSYNC_MODELS_DIR to change it):")
-    for part in ("musetalk", "musetalk_config", "sd-vae", "whisper", "face-parse-bisent (optional)"):
+    for part in ("musetalk", "musetalk_config", "sd-vae", "whisper"):
         print(f"  {part}: {w[part] or 'missing'}")
+    parse = w["face-parse-bisent (optional)"]
+    if parse is None:
+        print(f"  face-parse-bisent (optional): not found, using the FaceMesh mask "
+              f"(looked for {w['looked_at']['face-parse-bisent'][0]}; {w['published']['face-parse-bisent']})")
+    elif w["face_parse_onnx"]:
+        print(f"  face-parse-bisent (optional): {parse}, exported: portraits use the BiSeNet mask")
+    else:
+        print(f"  face-parse-bisent (optional): {parse}, not exported yet (run: python -m stream_server export musetalk); "
+              "using the FaceMesh mask until then")
     for line in w["missing"]:
         print(f"  {line}")
     exported = [name for name, ok in w["onnx"].items() if ok]

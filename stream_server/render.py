@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -47,6 +47,7 @@ class RenderResult:
     counts: dict[str, int]
     duration_s: float
     wall_s: float
+    backend_stats: dict[str, int] = field(default_factory=dict)  # the backend's counts for the stream
 
 
 class VideoBase:
@@ -207,10 +208,11 @@ def render(
             on_emit=on_emit,
         )
         writer.add_audio(pcm48)
+        backend_stats = backend.stream_stats(stream_id)
     finally:
         writer.close()
         backend.close_stream(stream_id)
-    return RenderResult(output, total, scheduler.counts.as_dict(), duration, time.perf_counter() - started)
+    return RenderResult(output, total, scheduler.counts.as_dict(), duration, time.perf_counter() - started, backend_stats)
 
 
 def _video_size(path: Path) -> tuple[int, int]:

@@ -54,6 +54,9 @@ def test_export_checks_every_model_against_pytorch(exported: tuple[Path, str]) -
         assert (models / "musetalk-onnx" / name).is_file()
         assert f"{name[:-5]}: " in stdout and "max abs error vs PyTorch" in stdout
         assert report["models"][name[:-5]]["max_abs_error"] <= TOLERANCE
+    # no face-parse-bisent/79999_iter.pth in this set: no face parser, said so
+    assert "face_parse" not in report["models"] and not (models / "musetalk-onnx" / "face_parse.onnx").exists()
+    assert "79999_iter.pth not found; the backend blends through the FaceMesh mask" in stdout
 
 
 def test_export_of_a_broken_set_names_the_file(tmp_path: Path) -> None:
@@ -84,6 +87,8 @@ def test_backend_lip_syncs_the_lower_face_only(exported: tuple[Path, str], monke
     assert ridge > (y0 + y1) / 2 - 0.15 * (y1 - y0)  # the upper face stays the avatar's own
     np.testing.assert_array_equal(frames[0], frames[1])  # same audio, same frame
     assert not np.array_equal(frames[2], frames[0])  # the audio drives the output
+    assert not backend.parses_faces and avatar.data["musetalk"].mask == "facemesh"  # no face_parse.onnx
+    assert backend.stream_stats("s")["mask_facemesh"] == 3
 
 
 def test_render_with_musetalk_on_cpu(exported: tuple[Path, str], tmp_path: Path) -> None:
@@ -98,6 +103,7 @@ def test_render_with_musetalk_on_cpu(exported: tuple[Path, str], tmp_path: Path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["frames"] == 25 and summary["counts"]["generated"] == 25
+    assert summary["backend_stats"] == {"face_lost": 0, "mask_bisenet": 0, "mask_facemesh": 25}
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(container.streams.video[0])) == 25
 
@@ -146,9 +152,9 @@ def test_camera_mode_prepares_each_frame_and_counts_frames_without_a_face(export
     speech = AudioWindow(1.0, 0.8, 0.2, (np.sin(np.arange(16000) * 0.05) * 0.3).astype(np.float32), np.zeros((100, 80), np.float32))
     frames = backend.generate([FrameJob("cam", i, i / 25, speech, base, camera) for i, base in enumerate([face, wall, face])])
     assert not np.array_equal(frames[0], face) and np.array_equal(frames[1], wall)
-    assert backend.stream_stats("cam") == {"face_lost": 1}
+    assert backend.stream_stats("cam") == {"face_lost": 1, "mask_bisenet": 0, "mask_facemesh": 2}
     backend.close_stream("cam")
-    assert backend.stream_stats("cam") == {"face_lost": 0}
+    assert backend.stream_stats("cam") == {"face_lost": 0, "mask_bisenet": 0, "mask_facemesh": 0}
 
 
 def test_backend_on_onnx_runtime_equals_the_pytorch_pipeline(exported: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:

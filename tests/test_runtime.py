@@ -104,6 +104,7 @@ def test_doctor_reports_providers_gpu_backends_and_missing_weights(tmp_path: Pat
     assert "mesh: available" in out and "musetalk: unavailable" in out
     assert str(tmp_path / "models" / "musetalkV15" / "unet.pth") in out
     assert "huggingface.co/TMElyralab/MuseTalk" in out and "stabilityai/sd-vae-ft-mse" in out and "openai/whisper-tiny" in out
+    assert "face-parse-bisent (optional): not found, using the FaceMesh mask" in out
     data = json.loads(run("--json").stdout)
     musetalk = next(b for b in data["backends"] if b["name"] == "musetalk")
     assert not musetalk["available"] and "musetalkV15/unet.pth" in musetalk["reason"]

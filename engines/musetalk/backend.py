@@ -6,9 +6,15 @@ stream. Per batch of frames: Whisper-tiny over each frame's 1 s window -> 50 aud
 UNet's one step at t=0 on [masked face latents, reference latents]; the VAE decoder; the face
 pasted back through a feathered lower-face mask.
 
-Portraits are prepared once (face box, crop, latents, mask). In camera mode each new camera
-frame is prepared in ``generate`` (FaceMesh + VAE encoder); a frame without a face goes out
-unchanged, counted in ``face_lost``. Every frame with a face runs the models, silent ones too:
+Portraits are prepared once (face box, crop, latents, mask). The mask is MuseTalk's BiSeNet
+face-parsing mask (``parsing.py``) when ``face_parse.onnx`` was exported, else the face oval
+from FaceMesh (``face.py``); a parse that finds almost no skin or lips in the lower face (not a
+photo of a face, say) falls back to the FaceMesh mask with a notice. In camera mode each new
+camera frame is prepared in ``generate`` (FaceMesh + VAE encoder) and always uses the FaceMesh
+mask: the face moves, so the parse would have to run on every frame, and BiSeNet (a ResNet-18 at
+512x512) takes about 155 ms a parse on a 2-core CPU, four frame intervals at 25 fps. ``stream_stats`` counts the
+frames pasted through each mask. A frame without a face goes out unchanged, counted in
+``face_lost``. Every frame with a face runs the models, silent ones too:
 the registry measures ``typical_fps`` on silence, so skipping silence would make the scheduler's
 budget optimistic (a cheap silence path needs a calibration on speech first).
 """
@@ -16,8 +22,9 @@ budget optimistic (a cheap silence path needs a calibration on speech first).
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,14 +32,19 @@ import numpy as np
 
 from engines.base import Avatar, AvatarError, Backend, FrameJob
 from engines.musetalk.audio import CONTEXT_S, LOOKAHEAD_S, frame_features, frame_window, log_mel
-from engines.musetalk.export import FILES, onnx_dir
+from engines.musetalk.export import FACE_PARSE, FILES, onnx_dir
 from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
+from engines.musetalk.parsing import parse_input, parsing_mask
 from engines.musetalk.weights import find_layout
 from engines.runtime.providers import PROVIDER_ENV
+
+log = logging.getLogger(__name__)
 
 # fp16 on TensorRT for the UNet only: others' fp16 SD-VAE decoders collapsed to grey faces
 # (GroupNorm overflows in half precision), so the decoder stays fp32 until measured on a GPU
 FP16_MODELS = ("unet",)
+MIN_PARSED_AREA = 0.25  # a BiSeNet mask under this fraction of the FaceMesh one's area is not used
+BISENET, FACEMESH = "bisenet", "facemesh"
 
 def _missing_onnx() -> tuple[Path, list[Path]]:
     folder = onnx_dir(find_layout())
@@ -43,11 +55,13 @@ def _missing_onnx() -> tuple[Path, list[Path]]:
 class _Prepared:
     face: FaceCrop
     latents: np.ndarray  # (8, h, w): masked-face latents then reference latents
+    mask: str = FACEMESH  # where face.mask comes from: BISENET or FACEMESH
 
 
 @dataclass
 class _Stream:
     face_lost: int = 0
+    masks: dict[str, int] = field(default_factory=lambda: {BISENET: 0, FACEMESH: 0})  # frames pasted through each
     tracker: object | None = None
     last_camera: tuple[np.ndarray, _Prepared | None] | None = None
 
@@ -98,6 +112,10 @@ class MuseTalkBackend(Backend):
         for name in ("whisper", "unet", "vae_encoder", "vae_decoder"):
             # fp16 only affects TensorRT; see FP16_MODELS and export.py on precision
             self._sessions[name] = shared_session(folder / f"{name}.onnx", fp16=name in FP16_MODELS)
+        if "face_parse" in self._info["models"] and (folder / FACE_PARSE).is_file():
+            self._sessions["face_parse"] = shared_session(folder / FACE_PARSE)
+        log.info("musetalk: portraits blended through the %s mask",
+                 "BiSeNet face-parsing" if "face_parse" in self._sessions else f"FaceMesh ({FACE_PARSE} not exported)")
 
     def _run(self, name: str, value: "np.ndarray | object") -> np.ndarray:
         session = self._sessions[name]
@@ -105,16 +123,32 @@ class MuseTalkBackend(Backend):
 
     # ------------------------------------------------------------------ avatars
 
-    def _prepare(self, image: np.ndarray, landmarks: np.ndarray) -> _Prepared | None:
+    @property
+    def parses_faces(self) -> bool:
+        """Whether portraits get the BiSeNet mask (``face_parse.onnx`` exported and loaded)."""
+        return "face_parse" in self._sessions
+
+    def _parsed_mask(self, image: np.ndarray, face: FaceCrop) -> np.ndarray | None:
+        """MuseTalk's BiSeNet mask for the face, or None if it covers too little to be right."""
+        labels = self._run("face_parse", parse_input(image, face.box))[0]
+        mask = parsing_mask(labels, face.box)
+        return mask if mask.sum() >= MIN_PARSED_AREA * face.mask.sum() else None
+
+    def _prepare(self, image: np.ndarray, landmarks: np.ndarray, parse: bool = False) -> _Prepared | None:
         face = face_crop(image, landmarks)
         if face is None:
             return None
+        source = FACEMESH
+        if parse and self.parses_faces:
+            mask = self._parsed_mask(image, face)
+            if mask is not None:
+                face, source = replace(face, mask=mask), BISENET
         reference = face.crop.astype(np.float32) / 127.5 - 1.0
         masked = reference.copy()
         masked[CROP // 2 :] = -1.0  # the lower half blacked out, as MuseTalk masks it
         batch = np.stack([masked, reference]).transpose(0, 3, 1, 2)
         latents = self._run("vae_encoder", np.ascontiguousarray(batch))
-        return _Prepared(face, np.concatenate([latents[0], latents[1]], axis=0))
+        return _Prepared(face, np.concatenate([latents[0], latents[1]], axis=0), source)
 
     def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
         if image is None:
@@ -125,11 +159,14 @@ class MuseTalkBackend(Backend):
             faces = landmarker.faces(image)
         if not faces:
             raise AvatarError("no face was found in the image: use a photo of one person facing the camera, with the whole face visible")
-        prepared = self._prepare(image, faces[0].landmarks)
+        prepared = self._prepare(image, faces[0].landmarks, parse=True)
         if prepared is None:
             raise AvatarError("the face is too small or too close to the edge of the picture for MuseTalk's crop")
-        notice = f"{len(faces)} faces found in {name}: animating the largest" if len(faces) > 1 else ""
-        return Avatar(name=name, image=image, data={"musetalk": prepared}, notice=notice)
+        notices = [f"{len(faces)} faces found in {name}: animating the largest"] if len(faces) > 1 else []
+        if self.parses_faces and prepared.mask != BISENET:
+            notices.append(f"face parsing found little skin or lips in the lower face of {name}: "
+                           "blending through the FaceMesh mask instead")
+        return Avatar(name=name, image=image, data={"musetalk": prepared}, notice="; ".join(notices))
 
     def _camera(self, stream: _Stream, frame: np.ndarray) -> _Prepared | None:
         if stream.last_camera is not None and stream.last_camera[0] is frame:
@@ -171,6 +208,7 @@ class MuseTalkBackend(Backend):
             images = (images.transpose(0, 2, 3, 1) * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
             for (i, prepared, _), image in zip(todo, images):
                 frames[i] = paste(jobs[i].base_frame, prepared.face, image)
+                self._streams[jobs[i].stream_id].masks[prepared.mask] += 1
         return frames  # type: ignore[return-value]
 
     def close_stream(self, stream_id: str) -> None:
@@ -179,5 +217,6 @@ class MuseTalkBackend(Backend):
             stream.tracker.close()  # type: ignore[attr-defined]
 
     def stream_stats(self, stream_id: str) -> dict[str, int]:
-        stream = self._streams.get(stream_id)
-        return {"face_lost": stream.face_lost if stream else 0}
+        """Frames without a face, and frames pasted through each mask (``mask_bisenet``, ``mask_facemesh``)."""
+        stream = self._streams.get(stream_id) or _Stream()
+        return {"face_lost": stream.face_lost, **{f"mask_{source}": n for source, n in stream.masks.items()}}

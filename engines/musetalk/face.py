@@ -5,8 +5,9 @@ at the landmarks' extremes, bottom at the chin plus 10 px (v1.5's extra margin),
 above the lower nose ridge (iBUG point 29; FaceMesh 195) as the chin is below it. The box is
 resized to 256x256. MuseTalk regenerates the lower half of that crop.
 
-Blending mask (no BiSeNet here yet): the face oval below the nose ridge point, feathered with a
-Gaussian blur, so only the lower face is replaced and the edges fade into the original frame.
+FaceMesh blending mask: the face oval below the nose ridge point, feathered with a Gaussian blur,
+so only the lower face is replaced and the edges fade into the original frame. It is the mask in
+camera mode, and for portraits when there is no BiSeNet face parser (``parsing.py`` has that one).
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ weights and small channel counts: for tests and for trying the pipeline without 
 Same files, same key names, same formats (a PyTorch pickle for the UNet, sd-vae's
 diffusion_pytorch_model.bin with diffusers' older attention names, a transformers Whisper
 checkpoint); only the sizes differ. The audio feature width is 64 instead of 384.
+
+``face_parse=True`` adds ``face-parse-bisent/79999_iter.pth``: the full BiSeNet (it has no small
+form: 13.3 M parameters, 53 MB) with random weights, so its parse means nothing; it is there to
+test the loading, export and mask plumbing.
 """
 
 from __future__ import annotations
@@ -48,11 +52,40 @@ TINY_VAE_CONFIG = {
     "sample_size": 256,
 }
 
+# random BiSeNet weights whose parse of the bundled astronaut marks about a third of the FaceMesh
+# mask's area as skin or lips: the mask tests see a partial mask (most seeds give one class everywhere)
+FACE_PARSE_SEED = 5
+
 _NEW_ATTENTION = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
 
 
-def write_tiny_set(root: Path, version: str = "v15", vae_format: str = "bin", seed: int = 0) -> Path:
-    """Write the tiny set under ``root`` (a models directory); returns ``root``."""
+def random_face_parse_state(seed: int = FACE_PARSE_SEED) -> dict:
+    """A BiSeNet state dict with random weights and random BatchNorm statistics (so that
+    exporting, which folds BatchNorm into the convolutions, is tested on more than identities)."""
+    import torch
+
+    from engines.musetalk.bisenet import BiSeNet
+
+    generator = torch.Generator().manual_seed(seed)
+    net = BiSeNet()
+    state = net.state_dict()  # shares storage with the module: the loop below fills it
+    for name, value in state.items():
+        if name.endswith(".num_batches_tracked"):
+            continue
+        if value.ndim == 4:
+            value.copy_(torch.randn(value.shape, generator=generator) * (2.0 / value[0].numel()) ** 0.5)
+        elif name.endswith("running_mean") or name.endswith(".bias"):
+            value.copy_(torch.randn(value.shape, generator=generator) * 0.1)
+        else:  # BatchNorm weight and running_var
+            value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+    return state
+
+
+def write_tiny_set(
+    root: Path, version: str = "v15", vae_format: str = "bin", seed: int = 0, face_parse: bool = False,
+) -> Path:
+    """Write the tiny set under ``root`` (a models directory); returns ``root``. With
+    ``face_parse`` also a random-weight ``face-parse-bisent/79999_iter.pth`` (53 MB)."""
     import torch
     from diffusers import AutoencoderKL
     from transformers import WhisperConfig, WhisperForConditionalGeneration
@@ -89,4 +122,7 @@ def write_tiny_set(root: Path, version: str = "v15", vae_format: str = "bin", se
         decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
     WhisperForConditionalGeneration(config).save_pretrained(str(root / "whisper"))
+    if face_parse:
+        (root / "face-parse-bisent").mkdir(parents=True, exist_ok=True)
+        torch.save(random_face_parse_state(), root / "face-parse-bisent" / "79999_iter.pth")
     return root

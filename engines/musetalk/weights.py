@@ -29,7 +29,7 @@ PUBLISHED = {
     "musetalk": "https://huggingface.co/TMElyralab/MuseTalk (musetalkV15/unet.pth, musetalkV15/musetalk.json)",
     "sd-vae": "https://huggingface.co/stabilityai/sd-vae-ft-mse (config.json, diffusion_pytorch_model.safetensors)",
     "whisper": "https://huggingface.co/openai/whisper-tiny (config.json, model.safetensors)",
-    "face-parse-bisent": "https://github.com/zllrunning/face-parsing.PyTorch (79999_iter.pth; optional)",
+    "face-parse-bisent": "https://github.com/zllrunning/face-parsing.PyTorch (79999_iter.pth, fetched by MuseTalk's download_weights.sh; optional)",
 }
 
 # musetalk.json as published (TMElyralab/MuseTalk, models/musetalkV15/musetalk.json; the same
@@ -168,7 +168,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
-def check_state_dict(path: Path, state: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+def check_state_dict(
+    path: Path, state: Mapping[str, Any], expected: Mapping[str, Any], what: str = "the architecture of its config"
+) -> None:
     """Raise WeightsError naming ``path`` unless ``state`` has exactly the expected keys and shapes."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -186,12 +188,12 @@ def check_state_dict(path: Path, state: Mapping[str, Any], expected: Mapping[str
         problems.append(f"{len(wrong)} tensors of the wrong shape (e.g. {'; '.join(wrong[:3])})")
     if problems:
         raise WeightsError(
-            f"{path}: does not match the architecture of its config ({len(state)} keys in the file, "
+            f"{path}: does not match {what} ({len(state)} keys in the file, "
             f"{len(expected)} expected): " + "; ".join(problems)
         )
 
 
-# ----------------------------------------------------------------------------- the three models
+# ----------------------------------------------------------------------------- the models
 
 
 def build_unet(config: Mapping[str, Any], meta: bool = False):
@@ -273,3 +275,21 @@ def load_whisper_encoder(layout: Layout):
     check_state_dict(layout.whisper, state, encoder.state_dict())
     encoder.load_state_dict(state)
     return encoder.eval()
+
+
+def load_face_parse(layout: Layout):
+    """BiSeNet from ``face-parse-bisent/79999_iter.pth`` (optional: callers check ``layout.face_parse``)."""
+    from engines.musetalk.bisenet import BiSeNet
+
+    if layout.face_parse is None:
+        looked = layout.looked_at.get("face-parse-bisent", [])
+        raise WeightsError(f"face-parse-bisent: not found (looked for {', '.join(map(str, looked))})")
+    net = BiSeNet()
+    expected = net.state_dict()
+    state = read_state_dict(layout.face_parse)
+    if not any(k.endswith(".num_batches_tracked") for k in state):
+        # a checkpoint from before PyTorch 0.4.1 lacks these counters; inference never reads them
+        expected = {k: v for k, v in expected.items() if not k.endswith(".num_batches_tracked")}
+    check_state_dict(layout.face_parse, state, expected, "BiSeNet face parsing (face-parsing.PyTorch, 19 classes)")
+    net.load_state_dict(state, strict=False)  # the keys are checked above
+    return net.eval()
