@@ -105,6 +105,21 @@ class FaceLandmarker:
         self.close()
 
 
+NO_FACE = "no face was found in the image: use a photo of one person facing the camera, with the whole face visible"
+
+
+def portrait_face(image: np.ndarray, name: str) -> tuple[Face, str]:
+    """The face to animate in a portrait (the largest) and the notice for the user when there
+    are several; :class:`AvatarError` when there is none."""
+    from engines.base import AvatarError
+
+    with FaceLandmarker(max_faces=4) as landmarker:
+        faces = landmarker.faces(image)
+    if not faces:
+        raise AvatarError(NO_FACE)
+    return faces[0], f"{len(faces)} faces found in {name}: animating the largest" if len(faces) > 1 else ""
+
+
 def face_scale(landmarks: np.ndarray) -> float:
     """Distance between the outer eye corners, in pixels."""
     a, b = EYE_OUTER

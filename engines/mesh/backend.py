@@ -15,7 +15,7 @@ import numpy as np
 
 from engines.audio2mouth.model import AudioToMouth
 from engines.base import Avatar, AvatarError, Backend, FrameJob
-from engines.face import FaceLandmarker, face_scale
+from engines.face import FaceLandmarker, face_scale, portrait_face
 from engines.mesh.idle import IdleMotion
 from engines.mesh.render import PreparedFace, prepare_face, render_mouth
 from engines.mouth import MouthParams
@@ -53,21 +53,14 @@ class MeshBackend(Backend):
     def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
         if image is None:
             return Avatar(name=name, image=None)
-        with FaceLandmarker(max_faces=4) as landmarker:
-            faces = landmarker.faces(image)
-        if not faces:
-            raise AvatarError(
-                "no face was found in the image: use a photo of one person facing the camera, "
-                "with the whole face visible"
-            )
-        landmarks = faces[0].landmarks
+        face, notice = portrait_face(image, name)
+        landmarks = face.landmarks
         eyes = face_scale(landmarks)
         if eyes < MIN_EYE_DISTANCE_PX:
             raise AvatarError(
                 f"the face is too small ({eyes:.0f} px between the eye corners, at least "
                 f"{MIN_EYE_DISTANCE_PX} needed): use a closer photo or a larger output size"
             )
-        notice = f"{len(faces)} faces found in {name}: animating the largest" if len(faces) > 1 else ""
         return Avatar(name=name, image=image, data={"face": prepare_face(image, landmarks), "landmarks": landmarks}, notice=notice)
 
     def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:

@@ -153,16 +153,13 @@ class MuseTalkBackend(Backend):
     def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
         if image is None:
             return Avatar(name=name, image=None)
-        from engines.face import FaceLandmarker
+        from engines.face import portrait_face
 
-        with FaceLandmarker(max_faces=4) as landmarker:
-            faces = landmarker.faces(image)
-        if not faces:
-            raise AvatarError("no face was found in the image: use a photo of one person facing the camera, with the whole face visible")
-        prepared = self._prepare(image, faces[0].landmarks, parse=True)
+        face, several = portrait_face(image, name)
+        prepared = self._prepare(image, face.landmarks, parse=True)
         if prepared is None:
             raise AvatarError("the face is too small or too close to the edge of the picture for MuseTalk's crop")
-        notices = [f"{len(faces)} faces found in {name}: animating the largest"] if len(faces) > 1 else []
+        notices = [several] if several else []
         if self.parses_faces and prepared.mask != BISENET:
             notices.append(f"face parsing found little skin or lips in the lower face of {name}: "
                            "blending through the FaceMesh mask instead")
