@@ -75,6 +75,16 @@ async def follow(url: str, session_id: str, latest: dict[str, dict[str, Any]], e
                     latest.pop(session_id, None)
 
 
+async def loop_lag_ms(url: str) -> float | None:
+    """The server's worst event-loop lateness over the last 10 s (from /healthz)."""
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/healthz") as response:
+                return (await response.json()).get("loop_lag_ms")
+    except aiohttp.ClientError:
+        return None
+
+
 def window(samples: list[dict[str, Any]], start: float, end: float, key: str) -> float | None:
     values = [s[key] for s in samples if start <= s["t_s"] < end and s.get(key) is not None]
     return round(float(np.median(values)), 1) if values else None
@@ -129,6 +139,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             sample = {
                 "t_s": round(time.monotonic() - started, 1),
                 **probe(),
+                "loop_lag_ms": await loop_lag_ms(url),
                 "sessions": len(stats),
                 "latency_p50_ms": round(float(np.median(p50s)), 1) if p50s else None,
                 "latency_p95_ms": round(float(max(p95s)), 1) if p95s else None,

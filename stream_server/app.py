@@ -20,6 +20,7 @@ from stream_server import metrics, whip
 from stream_server.avatars import AvatarLibrary
 from stream_server.config import FPS_CHOICES, Settings
 from stream_server.frames import fit_cover
+from stream_server.loop_lag import LoopLag
 from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.security import cors_middleware, token_middleware
 from stream_server.session import OfferError, Replacement, Session, SessionLimits
@@ -65,6 +66,8 @@ class Server:
         self._watchdog: asyncio.Task[None] | None = None
         self.limits = SessionLimits(settings.idle_timeout_s, settings.max_session_s, settings.failures_before_fallback)
         self.auto: AutoChoice | None = None  # how --backend auto chose the default backend
+        self.loop_lag = LoopLag()
+        self._loop_lag_task: asyncio.Task[None] | None = None
 
     async def choose_auto_backend(self) -> None:
         """Resolve ``--backend auto`` once, at start-up: measure (or recall) and pick."""
@@ -200,7 +203,12 @@ class Server:
         if channel is not None:
             await channel.close("the channel was deleted")
 
+    def start_background(self) -> None:
+        self._loop_lag_task = asyncio.create_task(self.loop_lag.run(), name="loop-lag")
+
     async def shutdown(self) -> None:
+        if self._loop_lag_task is not None:
+            self._loop_lag_task.cancel()
         await asyncio.gather(*(c.close("server shutting down") for c in list(self.channels.values())))
         await asyncio.gather(*(s.close("server shutting down") for s in list(self.sessions.values())))
         if self._watchdog is not None:
@@ -322,7 +330,8 @@ async def config(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     server: Server = request.app[SERVER]
     return web.json_response(
-        {"status": "ok", "sessions": len(server.sessions), "max_sessions": server.settings.max_sessions}
+        {"status": "ok", "sessions": len(server.sessions), "max_sessions": server.settings.max_sessions,
+         "loop_lag_ms": round(server.loop_lag.worst_s() * 1000, 1)}
     )
 
 
@@ -332,6 +341,7 @@ async def metrics_route(request: web.Request) -> web.Response:
     for session in server.sessions.values():
         fps = session.stats.fps_out()
         metrics.FPS_OUT.labels(session.id).set(fps or 0.0)
+    metrics.LOOP_LAG.set(server.loop_lag.worst_s())
     return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
 
@@ -425,8 +435,12 @@ def create_app(settings: Settings, registry: BackendRegistry | None = None) -> w
     app.router.add_get("/", index)
     app.router.add_static("/", WEB_CLIENT, show_index=False)
 
+    async def on_startup(app: web.Application) -> None:
+        server.start_background()
+
     async def on_shutdown(app: web.Application) -> None:
         await server.shutdown()
 
+    app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app

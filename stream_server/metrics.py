@@ -8,6 +8,7 @@ REGISTRY = CollectorRegistry()
 
 SESSIONS = Gauge("lipsync_sessions", "Sessions currently open", registry=REGISTRY)
 SESSIONS_TOTAL = Counter("lipsync_sessions_started", "Sessions started", registry=REGISTRY)
+LOOP_LAG = Gauge("lipsync_event_loop_lag_seconds", "The event loop's worst lateness over the last 10 s (overload shows here first)", registry=REGISTRY)
 FPS_OUT = Gauge("lipsync_fps_out", "Frames sent per second over the last second", ["session"], registry=REGISTRY)
 FRAMES = Counter(
     "lipsync_frames",

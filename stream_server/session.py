@@ -336,10 +336,12 @@ class Session:
 
     def _on_result(self, slot: int, future: asyncio.Future[JobResult], backend: Backend) -> None:
         self._jobs.pop(slot, None)
-        if future.cancelled() or self.closed.is_set():
+        if future.cancelled():
+            return
+        error = future.exception()  # read even after the session closed: asyncio reports errors never read
+        if self.closed.is_set():
             return
         now = self.clock.media_now()
-        error = future.exception()
         if isinstance(error, FrameExpired):
             self.scheduler.expired(slot, now)
         elif error is not None and backend is not self.backend:

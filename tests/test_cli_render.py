@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -13,15 +11,10 @@ import numpy as np
 import pytest
 
 from stream_server.render import render
+from tests.cli_runs import cli
 from tests.media import shared_media, video_frames
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stream_server", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["render"]])

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import av
@@ -24,13 +23,10 @@ from engines.musetalk.tiny import write_tiny_set  # noqa: E402
 from engines.registry import BackendRegistry  # noqa: E402
 from stream_server.avatars import BUNDLED, read_image  # noqa: E402
 from stream_server.frames import fit_cover  # noqa: E402
+from tests.cli_runs import cli, render_musetalk_second  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def cli(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream_server", *args], cwd=REPO, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +89,7 @@ def test_backend_lip_syncs_the_lower_face_only(exported: tuple[Path, str], monke
 
 def test_render_with_musetalk_on_cpu(exported: tuple[Path, str], tmp_path: Path) -> None:
     models, _ = exported
-    speech = tmp_path / "speech.wav"
-    pcm = (np.sin(np.arange(16000) * 0.05) * 8000 * (np.arange(16000) % 4000 < 2000)).astype(np.int16)
-    with wave.open(str(speech), "wb") as out:
-        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000), out.writeframes(pcm.tobytes())
-    out = tmp_path / "musetalk.mp4"
-    result = cli("render", "--backend", "musetalk", "--avatar", "astronaut", "--audio", str(speech),
-                 "-o", str(out), "--width", "256", "--height", "256", env={"LIPSYNC_MODELS_DIR": str(models)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary, out = render_musetalk_second(models, tmp_path)
     assert summary["frames"] == 25 and summary["counts"]["generated"] == 25
     assert summary["backend_stats"] == {"face_lost": 0, "mask_bisenet": 0, "mask_facemesh": 25}
     with av.open(str(out)) as container:

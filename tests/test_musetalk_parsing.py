@@ -6,25 +6,17 @@ its parse means nothing: these test the plumbing, not how good the mask looks.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cli_runs import cli, render_musetalk_second
 from engines.musetalk.parsing import MEAN, SIZE, STD, crop_padded, parse_box, parse_input, parsing_mask
 
-REPO = Path(__file__).resolve().parents[1]
 PARSE_FILE = Path("face-parse-bisent") / "79999_iter.pth"
 
-
-def cli(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream_server", *args], cwd=REPO, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- the mask rule (no PyTorch)
@@ -232,15 +224,7 @@ def test_portraits_use_the_bisenet_mask_and_the_camera_the_facemesh_one(
 
 def test_render_with_the_parser_present(parse_set: tuple[Path, str], tmp_path: Path) -> None:
     models, _ = parse_set
-    speech = tmp_path / "speech.wav"
-    pcm = (np.sin(np.arange(16000) * 0.05) * 8000 * (np.arange(16000) % 4000 < 2000)).astype(np.int16)
-    with wave.open(str(speech), "wb") as out:
-        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000), out.writeframes(pcm.tobytes())
-    out = tmp_path / "musetalk.mp4"
-    result = cli("render", "--backend", "musetalk", "--avatar", "astronaut", "--audio", str(speech),
-                 "-o", str(out), "--width", "256", "--height", "256", env={"LIPSYNC_MODELS_DIR": str(models)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary, out = render_musetalk_second(models, tmp_path)
     assert summary["frames"] == 25 and summary["counts"]["generated"] == 25
     assert summary["backend_stats"] == {"face_lost": 0, "mask_bisenet": 25, "mask_facemesh": 0}
     assert out.stat().st_size > 0
