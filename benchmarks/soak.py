@@ -5,7 +5,7 @@ stats the page gets). Passes when, after the warm-up, memory grows by no more th
 ``--rss-bound-mb`` and the latency of the last five minutes is no more than ``--latency-creep-ms``
 above that of the first five after the warm-up.
 
-    python -m benchmarks.soak [--sessions 4] [--minutes 30] [--backend mesh] [--avatar astronaut]
+    python -m benchmarks.soak [--sessions 4] [--minutes 30] [--backend mesh] [--avatar astronaut] [--fps 25]
 
 Each peer runs in its own process, as separate users would: four aiortc peers in one Python
 process saturate its one core, send their audio late and in bursts, and the server can only
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import multiprocessing
 import sys
 import time
@@ -35,6 +37,10 @@ from benchmarks.synthetic_peer import PeerRun, run_peer
 
 def peer_process(url: str, seconds: float, options: dict[str, Any], camera: bool, report: Connection) -> None:
     """One peer in a process of its own: sends its session id back, then streams to the end."""
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s peer {os.getpid()} %(name)s: %(message)s")
+    for quiet in ("aiortc", "aioice"):  # their INFO is per packet; consent expiry is a warning-worthy line
+        logging.getLogger(quiet).setLevel(logging.INFO if quiet == "aioice" else logging.WARNING)
 
     async def stream() -> None:
         run = PeerRun()
@@ -119,7 +125,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     probe = proc_probe(server.pid)
     seconds = args.minutes * 60.0
-    options = {"backend": args.backend, "avatar": args.avatar, "fps": 25}
+    options = {"backend": args.backend, "avatar": args.avatar, "fps": args.fps}
     if args.avatar != "camera":
         options.update(width=args.size, height=args.size)
     latest: dict[str, dict[str, Any]] = {}
@@ -176,6 +182,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--backend", default="mesh")
     parser.add_argument("--avatar", default="astronaut")
+    parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--size", type=int, default=256, help="output side for an image avatar")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup-s", type=float, default=120.0)

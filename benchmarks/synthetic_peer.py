@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 
 from benchmarks.netshim import UdpRelay
+
+log = logging.getLogger(__name__)
 
 Ending = Literal["delete", "close", "vanish"]
 
@@ -104,6 +107,10 @@ async def run_peer(
                     run.audio_frames += 1
         except MediaStreamError:
             pass
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        log.info("peer connection %s", pc.connectionState)
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:

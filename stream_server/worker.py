@@ -34,6 +34,8 @@ from engines.base import Backend, BackendError, FrameJob, check_frames
 
 log = logging.getLogger(__name__)
 
+ESTIMATE_DECAY = 0.9  # per job given up on the time-per-job estimate alone
+
 @dataclass(frozen=True)
 class JobResult:
     frame: np.ndarray
@@ -162,11 +164,13 @@ class BackendWorker:
         batch: list[_Pending] = []
         kept: list[_Pending] = []
         for pending in waiting:
-            # the job due first is run unless already past due: its time keeps job_s true (a
-            # slow first call, a model warming up, must not make every later job look hopeless)
-            if pending.due < now or (batch and pending.due < now + self.job_s):
+            if pending.due < now + self.job_s:
                 _post(pending, None, FrameExpired("the frame could not be ready by its deadline"))
-            elif not batch or (len(batch) < self.backend.batch_size and pending.due >= now + (len(batch) + 1) * self.job_s):
+                if pending.due >= now:
+                    # given up on the estimate alone, which only a job run can correct: let it
+                    # sink, or one slow call (a tracker starting) would make every job hopeless
+                    self.job_s *= ESTIMATE_DECAY
+            elif len(batch) < self.backend.batch_size and pending.due >= now + (len(batch) + 1) * self.job_s:
                 batch.append(pending)
             else:
                 kept.append(pending)
