@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import multiprocessing
+import os
+import signal
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -42,9 +43,16 @@ def peer_process(url: str, seconds: float, options: dict[str, Any], camera: bool
     for quiet in ("aiortc", "aioice"):  # their INFO is per packet; consent expiry is a warning-worthy line
         logging.getLogger(quiet).setLevel(logging.INFO if quiet == "aioice" else logging.WARNING)
 
+    parent = os.getppid()
+
+    async def orphaned() -> None:  # a peer whose soak was killed must not stream on
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+
     async def stream() -> None:
         run = PeerRun()
         peer = asyncio.create_task(run_peer(url, seconds, options, run=run, camera=camera))
+        asyncio.create_task(orphaned()).add_done_callback(lambda _: peer.cancel())
         while not run.session_id and not peer.done():
             await asyncio.sleep(0.05)
         report.send(run.session_id or f"refused: {run.status} {run.answer}")
@@ -169,7 +177,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "sessions": args.sessions,
         "minutes": args.minutes,
         "options": options,
-        "ended_early": [{**e, "at": round(e["at"] - started, 1)} for e in ended if e["at"] - started < seconds - 1.0],
+        # a session that ended other than by its peer's goodbye at the end of the run
+        "ended_early": [{**e, "at": round(e["at"] - started, 1)} for e in ended if e["reason"] != "closed by the client"],
         **summarize(samples, args.warmup_s, seconds, args.rss_bound_mb, args.latency_creep_ms),
         "samples": samples,
     }
@@ -190,6 +199,7 @@ def main() -> None:
     parser.add_argument("--latency-creep-ms", type=float, default=10.0)
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the peers are stopped on the way out
     result = asyncio.run(soak(args))
     path = save(args.name or f"soak_{args.backend}_{args.sessions}x{args.minutes:g}min", result)
     print({k: result[k] for k in ("rss_mb", "latency_p95_ms", "latency_p50_ms", "fps_out_min", "passed")})
