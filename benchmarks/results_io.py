@@ -18,15 +18,11 @@ def machine() -> dict[str, Any]:
     import aiortc
     import av
 
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    from stream_server.doctor import cpu_model
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
-        "cpu": cpu,
+        "cpu": cpu_model() or "unknown",
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "aiortc": aiortc.__version__,

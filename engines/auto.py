@@ -13,6 +13,7 @@ only to find it too slow. If none holds the rate, the fastest is chosen and the 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -59,16 +60,9 @@ def cache_path() -> Path:
 def machine_key() -> str:
     """What a backend's speed depends on besides its own code and files."""
     from engines.runtime.providers import available_providers
-    from stream_server.doctor import gpus
+    from stream_server.doctor import cpu_model, gpus
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model() or platform.processor() or platform.machine()
     gpu_names = ",".join(gpu["name"] for gpu in gpus()[0])
     return f"{cpu}|{os.cpu_count()}|{gpu_names}|{','.join(available_providers())}"
 
@@ -77,7 +71,7 @@ def backend_key(name: str) -> str:
     """A hash of the backend's code (its package's .py files) and of its model files' identity."""
     cls = backend_class(name)
     digest = hashlib.sha256(name.encode())
-    package = Path(__import__(cls.__module__, fromlist=["_"]).__file__ or "").parent
+    package = Path(inspect.getfile(cls)).parent
     for source in sorted(package.glob("*.py")):
         digest.update(source.read_bytes())
     digest.update(cls.calibration_key().encode())

@@ -33,6 +33,11 @@ RTP_WRAP = 1 << 32
 MAX_GAP_FILL_S = 2.0  # longer gaps restart the resampler instead of feeding it silence
 
 
+def signed_ticks(later: int, earlier: int) -> int:
+    """``later - earlier`` for two 32-bit RTP timestamps, across a wrap, within +-2**31."""
+    return (later - earlier + (1 << 31)) % RTP_WRAP - (1 << 31)
+
+
 class AudioIn:
     def __init__(self, capacity_s: float = 12.0) -> None:
         self.pcm16k = SampleRing(int(capacity_s * FEATURE_RATE), np.float32)
@@ -81,8 +86,7 @@ class AudioIn:
         if self._last_raw_pts is None:
             self._unwrapped = raw
         else:
-            step = (raw - self._last_raw_pts) % RTP_WRAP
-            self._unwrapped += step - RTP_WRAP if step >= RTP_WRAP // 2 else step
+            self._unwrapped += signed_ticks(raw, self._last_raw_pts)
         self._last_raw_pts = raw
         self.clock_rate = round(1 / Fraction(frame.time_base))
         if self._origin is None:
@@ -135,8 +139,7 @@ class AudioIn:
         newest frame; None before the first frame."""
         if self._origin is None or self._last_raw_pts is None or self.clock_rate is None:
             return None
-        step = (pts - self._last_raw_pts) % RTP_WRAP
-        unwrapped = self._unwrapped + (step - RTP_WRAP if step >= RTP_WRAP // 2 else step)
+        unwrapped = self._unwrapped + signed_ticks(pts, self._last_raw_pts)
         return (unwrapped - self._origin) / self.clock_rate
 
     def arrival_of(self, media_s: float) -> float | None:

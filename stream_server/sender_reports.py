@@ -13,20 +13,13 @@ receiver's timestamp mapper. If a future aiortc hides it, the reports are simply
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aiortc.rtp import RtcpSrPacket
 
-log = logging.getLogger(__name__)
+from stream_server.audio_in import RTP_WRAP, signed_ticks
 
-RTP_WRAP = 1 << 32
 NTP_FRACTION = float(1 << 32)
-
-
-def signed_ticks(later: int, earlier: int) -> int:
-    """``later - earlier`` for two 32-bit RTP timestamps, across a wrap, within +-2**31."""
-    return (later - earlier + (1 << 31)) % RTP_WRAP - (1 << 31)
 
 
 class SenderReports:

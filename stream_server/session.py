@@ -262,6 +262,10 @@ class Session:
         except MediaStreamError:
             log.info("session %s: video track ended", self.id)
 
+    def _camera_frame(self, time_s: float) -> av.VideoFrame | None:
+        """The camera frame that shows media time ``time_s`` (None for a portrait avatar)."""
+        return self.camera.at(time_s, self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
+
     def _taken_at(self, frame: av.VideoFrame) -> float | None:
         """Media time at which the peer took a camera frame, by the sender reports of both
         streams (None until one of each has arrived)."""
@@ -322,7 +326,7 @@ class Session:
     def _dispatch(self, slot: int) -> None:
         time_s = self.scheduler.slot_time(slot)
         audio = self.audio_in.window(time_s, self.backend.context_s, self.backend.lookahead_s)
-        camera = self.camera.at(time_s, self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
+        camera = self._camera_frame(time_s)
         avatar = self.avatar
 
         def build() -> FrameJob:  # runs in the worker thread
@@ -432,7 +436,7 @@ class Session:
         self._video_slot = slot + 1
         self._wake.set()
         time_s = scheduler.slot_time(slot)
-        camera = self.camera.at(time_s, self.clock.capture_wall(time_s)) if self.avatar.is_camera else None
+        camera = self._camera_frame(time_s)
         loop = asyncio.get_running_loop()
         frame = await loop.run_in_executor(None, self._compose, emission, camera)
         frame.pts = round(slot * 90000 / scheduler.config.fps)

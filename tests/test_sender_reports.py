@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from stream_server.sender_reports import signed_ticks
+from stream_server.audio_in import signed_ticks
 from stream_server.session import CameraIn
 
 
