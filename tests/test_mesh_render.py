@@ -15,7 +15,7 @@ from engines.mesh.geometry import eye_gap
 from engines.mesh.idle import IdleMotion
 from engines.mesh.render import prepare_face, render_mouth
 from engines.mouth import MouthParams
-from tests.media import shared_media
+from tests.media import shared_media, video_frames
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "stream_server" / "assets" / "astronaut.jpg"
 PORTRAIT = ("image", "liveportrait_s11.jpg")
@@ -86,6 +86,22 @@ def test_closure_shuts_the_mouth(face, landmarker):
     out = render_mouth(prepared, MouthParams(0.6, 0.0, 1.0))
     gap = mouth_opening(_measure(landmarker, out))
     assert gap < 0.05, f"closure=1 still measures {gap:.3f}"
+
+
+def test_a_wide_open_source_mouth_closes_and_reopens_in_order(landmarker):
+    # the first frame of a talking clip, caught mid-word with the mouth wide open (FaceMesh reads
+    # about 0.3): closing it must read as closed, and the opening must rise with `open` from there
+    # (with the upper lip taking half of the closing it read 0.06, 0.07, 0.04, 0.09)
+    _, image = next(video_frames(shared_media("video", "vretalking_face_3.mp4")))
+    found = landmarker.faces(image)
+    assert found, "no face in the first frame of vretalking_face_3.mp4"
+    prepared = prepare_face(image, found[0].landmarks)
+    assert prepared.rest_open > 0.6, f"expected a wide-open source mouth, rest_open {prepared.rest_open:.2f}"
+    gaps = [mouth_opening(_measure(landmarker, render_mouth(prepared, MouthParams(value))))
+            for value in (0.0, 0.2, 0.4, 0.6)]
+    print("measured", [round(g, 3) for g in gaps])
+    assert gaps[0] < 0.03, f"open=0 from a wide-open mouth still measures {gaps[0]:.3f}"
+    assert all(b > a for a, b in zip(gaps, gaps[1:])), f"opening not monotonic: {gaps}"
 
 
 def test_blink_closes_the_eyes(face, landmarker):

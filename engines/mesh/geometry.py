@@ -154,7 +154,11 @@ def mouth_displacement(rest: MouthRest, gaps: np.ndarray, width: float, closure:
     change = gaps - rest.rest_gap
     centre = int(N_PAIRS // 2)
     c_change = float(change[centre])
-    alpha = 0.22 if c_change >= 0 else 0.5  # share of the upper lip in the gap change
+    # share of the upper lip in the gap change; the jaw and lower lip carry the rest. Closing a
+    # mouth that was open in the source is mostly the jaw rising: with an even split (0.5) the
+    # upper lip was dragged down into a V and FaceMesh still read the result as open (the
+    # rendered opening fell and rose again as `open` went 0 -> 0.4 on wide-open sources)
+    alpha = 0.22 if c_change >= 0 else 0.2
     xs = np.concatenate([[-rest.half_width], rest.pair_x, [rest.half_width]])
     cs = np.concatenate([[0.0], change, [0.0]])
     change_x = np.interp(x, xs, cs, left=0.0, right=0.0)
