@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from engines.base import AudioWindow, Backend, BackendInfo, FrameJob, describe
+from engines.base import AudioWindow, Backend, BackendError, BackendInfo, FrameJob, describe
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,10 @@ class BackendRegistry:
                 self._typical_fps[name] = measure_fps(backend)
             except Exception as exc:
                 self._errors[name] = f"failed to load: {exc}"
-                log.exception("backend %s failed to load", name)
+                if isinstance(exc, BackendError):  # a clear message written for the user: no traceback
+                    log.error("backend %s failed to load: %s", name, exc)
+                else:
+                    log.exception("backend %s failed to load", name)
                 raise RuntimeError(self._errors[name]) from exc
             self._loaded[name] = backend
             return backend

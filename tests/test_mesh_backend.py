@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,32 @@ def test_render_with_mesh_moves_the_mouth_with_speech(tmp_path: Path) -> None:
     openings, _ = mouth_track(out)
     assert np.nanstd(openings) > 0.02  # the mouth moves
     assert np.nanmax(openings) > 0.1
+
+
+def test_other_audio_to_mouth_weights_are_used_and_bad_ones_refused(monkeypatch, tmp_path: Path) -> None:
+    from engines.audio2mouth.model import AudioToMouth
+    from engines.mesh.backend import WEIGHTS_ENV
+
+    # a usable file: the committed model with its ridge's bias (part of `open`) raised
+    model = AudioToMouth.load()
+    params = dict(model._p)
+    params["ridge.b"] = params["ridge.b"] + 1.0
+    other = tmp_path / "other.npz"
+    AudioToMouth(params, model.config).save(other)
+    frames = silent_window(MeshBackend()).mel.shape[0]
+    loud = np.random.default_rng(0).uniform(-9.0, -2.0, (1, frames, 80)).astype(np.float32)  # speech level
+    monkeypatch.setenv(WEIGHTS_ENV, str(other))
+    raised = MeshBackend()._model.predict_batch(loud)[0, 0]
+    monkeypatch.delenv(WEIGHTS_ENV)
+    committed = MeshBackend()._model.predict_batch(loud)[0, 0]
+    assert raised > committed + 0.05, (raised, committed)
+
+    # a corrupt file: the render CLI says which variable and file, without a traceback
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"not a weights file")
+    audio = shared_media("audio", "makeittalk_M6_04_16k.wav")
+    result = subprocess.run(
+        [sys.executable, "-m", "stream_server", "render", "--avatar", "astronaut", "--audio", str(audio), "-o", str(tmp_path / "x.mp4")],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, WEIGHTS_ENV: str(corrupt)},
+    )
+    assert result.returncode != 0 and WEIGHTS_ENV in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]

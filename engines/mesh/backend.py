@@ -8,13 +8,15 @@ stream) and a frame whose face is lost goes out unchanged, counted in ``face_los
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from engines.audio2mouth.model import AudioToMouth
-from engines.base import Avatar, AvatarError, Backend, FrameJob
+from engines.base import Avatar, AvatarError, Backend, BackendError, FrameJob
 from engines.face import FaceLandmarker, face_scale, portrait_face
 from engines.mesh.idle import IdleMotion
 from engines.mesh.render import PreparedFace, prepare_face, render_mouth
@@ -25,7 +27,28 @@ MIN_EYE_DISTANCE_PX = 24  # smaller faces cannot be warped convincingly
 # enough not to blur what the mouth says (FaceMesh reads its effect on the lip gap as ~0.005)
 SWAY_PER_EYE_DISTANCE = 0.02
 
+# another audio-to-mouth weights file (``python -m engines.audio2mouth.train --out FILE``) instead
+# of the committed one; read when the backend is created
+WEIGHTS_ENV = "LIPSYNC_MOUTH_WEIGHTS"
+
 _MODEL = AudioToMouth.load()
+
+
+def mouth_model() -> AudioToMouth:
+    """The committed audio-to-mouth model, or the one ``LIPSYNC_MOUTH_WEIGHTS`` names."""
+    path = os.environ.get(WEIGHTS_ENV)
+    if not path:
+        return _MODEL
+    try:
+        model = AudioToMouth.load(Path(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackendError(f"{WEIGHTS_ENV}={path}: cannot load audio-to-mouth weights ({exc}); "
+                           f"unset it to use the committed weights") from exc
+    if (model.context_s, model.lookahead_s) != (_MODEL.context_s, _MODEL.lookahead_s):
+        raise BackendError(f"{WEIGHTS_ENV}={path}: its audio window ({model.context_s} s context, "
+                           f"{model.lookahead_s} s lookahead) differs from the committed model's "
+                           f"({_MODEL.context_s} s, {_MODEL.lookahead_s} s), which the server is built around")
+    return model
 
 
 @dataclass
@@ -47,7 +70,7 @@ class MeshBackend(Backend):
     idle_motion = True  # blinks and a slight head sway on still portraits
 
     def __init__(self) -> None:
-        self._model = _MODEL
+        self._model = mouth_model()
         self._streams: dict[str, _Stream] = {}
 
     def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
