@@ -140,7 +140,20 @@ def random_texts(count: int, seed: int = 0) -> list[str]:
     return texts[:count]
 
 
-FESTIVAL_VOICES = {"kal": "voice_kal_diphone", "slt": "voice_cmu_us_slt_arctic_hts", "ked": "voice_ked_diphone"}
+FESTIVAL_VOICES = {
+    "kal": "voice_kal_diphone", "slt": "voice_cmu_us_slt_arctic_hts", "ked": "voice_ked_diphone",
+    # MBROLA diphones cut from recordings of real speakers (Debian contrib/non-free: mbrola,
+    # mbrola-us1/us2/us3/en1, festvox-us1/us2/us3/en1): US female, two US males, British male
+    "us1": "voice_us1_mbrola", "us2": "voice_us2_mbrola", "us3": "voice_us3_mbrola", "en1": "voice_en1_mbrola",
+    "rab": "voice_rab_diphone",  # British male diphones (festvox-rablpc16k)
+}
+# en1 and rab name their phones in the British MRPA set; the viseme table uses the US "radio" names
+MRPA_PHONES = {
+    "#": "pau", "@": "ax", "@@": "er", "a": "ae", "aa": "aa", "ai": "ay", "au": "aw", "e": "eh", "e@": "eh",
+    "ei": "ey", "i": "ih", "i@": "ih", "ii": "iy", "o": "ao", "oi": "oy", "oo": "ao", "ou": "ow", "u": "uh",
+    "u@": "uh", "uh": "ah", "uu": "uw", "h": "hh",
+}
+MRPA_VOICES = {"en1", "rab"}
 
 
 def synthesize_festival(texts: list[str], voice: str, stretch: float, workdir: Path) -> list[tuple[np.ndarray, list[tuple[float, str]]]]:
@@ -162,7 +175,8 @@ def synthesize_festival(texts: list[str], voice: str, stretch: float, workdir: P
         for line in (workdir / f"{i}.segs").read_text().splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[0] != "#":
-                segs.append((float(parts[0]), parts[2]))
+                phone = MRPA_PHONES.get(parts[2], parts[2]) if voice in MRPA_VOICES else parts[2]
+                segs.append((float(parts[0]), phone))
         out.append((pcm, segs))
     return out
 

@@ -12,7 +12,8 @@
 
 Needs Festival and espeak-ng (apt-get install -y festival festvox-kallpc16k festvox-kdlpc16k
 festvox-us-slt-hts espeak-ng) and PyTorch (training only; inference is numpy). Data: see ``data.py``
-and README.md.
+and README.md. The optional MBROLA voices need Debian's contrib / non-free sections (mbrola,
+mbrola-us1 ... festvox-us1 ...) and festvox-rablpc16k.
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (results are reproducible bit for bit only at the same count)")
     parser.add_argument("--espeak", type=int, default=2000, help="extra texts spoken by random espeak-ng voices")
-    parser.add_argument("--festival", default="kal,slt,ked", help="Festival voices (kal, slt, ked)")
+    parser.add_argument("--festival", default="kal,slt,ked",
+                        help="Festival voices: kal, slt, ked; also us1, us2, us3, en1 (MBROLA) and rab, which "
+                             "lowered the score (README.md)")
     parser.add_argument("--sigma", type=float, default=data.COARTICULATION_SIGMA_S,
                         help="coarticulation smoothing of the targets, s")
     parser.add_argument("--local-frames", type=int, default=20,
