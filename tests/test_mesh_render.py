@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines.face import FaceLandmarker, mouth_opening
-from engines.mesh.geometry import eye_gap
+from engines.mesh.geometry import LIP_LOWER_OUTER, LIP_UPPER_OUTER, eye_gap
 from engines.mesh.idle import IdleMotion
 from engines.mesh.render import prepare_face, render_mouth
 from engines.mouth import MouthParams
@@ -102,6 +102,37 @@ def test_a_wide_open_source_mouth_closes_and_reopens_in_order(landmarker):
     print("measured", [round(g, 3) for g in gaps])
     assert gaps[0] < 0.03, f"open=0 from a wide-open mouth still measures {gaps[0]:.3f}"
     assert all(b > a for a, b in zip(gaps, gaps[1:])), f"opening not monotonic: {gaps}"
+
+
+def test_closing_an_open_source_mouth_leaves_no_specks(landmarker):
+    # pcavs_vox2_00015's first frame (224 px, mouth open): closing it once left single pixels of
+    # teeth and cavity along the lower lip (9 pixels more than 60 levels off their 5x5 median)
+    _, image = next(video_frames(shared_media("video", "pcavs_vox2_00015.mp4")))
+    lm = landmarker.faces(image)[0].landmarks
+    prepared = prepare_face(image, lm)
+    assert prepared.cavity is not None
+    out = render_mouth(prepared, MouthParams(0.0))
+    off = np.abs(out.astype(int) - cv2.medianBlur(out, 5)).max(axis=2)
+    lips = lm[list(LIP_UPPER_OUTER + LIP_LOWER_OUTER), :2]
+    (x0, y0), (x1, y1) = (lips.min(0) - 0.3 * prepared.scale).astype(int), (lips.max(0) + 0.3 * prepared.scale).astype(int)
+    specks = int((off[y0:y1, x0:x1] > 60).sum())
+    assert specks <= 2, f"{specks} speck pixels around the closed mouth"
+
+
+def test_camera_frames_reuse_the_previous_triangulation_while_it_fits() -> None:
+    frames = [frame for _, frame in video_frames(shared_media("video", "vretalking_face_3.mp4"))][:30]
+    previous, reused = None, 0
+    with FaceLandmarker(tracking=True) as tracker:
+        for frame in frames:
+            lm = tracker.faces(frame)[0].landmarks
+            face = prepare_face(frame, lm, previous)
+            if previous is not None and face.triangles is previous.triangles:
+                reused += 1
+                fresh = render_mouth(prepare_face(frame, lm), MouthParams(0.5, 0.3, 0.0))
+                again = render_mouth(face, MouthParams(0.5, 0.3, 0.0))
+                assert np.abs(fresh.astype(int) - again).mean() < 0.2  # another valid mesh, same picture
+            previous = face
+    assert reused >= 5, f"the triangulation was reused in only {reused} of {len(frames)} frames"
 
 
 def test_blink_closes_the_eyes(face, landmarker):

@@ -123,7 +123,8 @@ class MeshBackend(Backend):
         if stream.tracker is None:
             stream.tracker = FaceLandmarker(tracking=True)
         faces = stream.tracker.faces(frame)
-        face = prepare_face(frame, faces[0].landmarks) if faces else None
+        previous = stream.last_camera[1] if stream.last_camera is not None else None
+        face = prepare_face(frame, faces[0].landmarks, previous) if faces else None
         stream.last_camera = (frame, face)
         return face
 

@@ -33,6 +33,17 @@ class Colours:
     lash: np.ndarray
 
 
+@dataclass(frozen=True)
+class Cavity:
+    """An open source mouth's cavity (a crop around it): where it is, and the crop with it filled
+    in from the lips around, for the pixels a closing mouth drags out of it."""
+
+    x0: int
+    y0: int
+    mask: np.ndarray    # float32 0..1, the crop's size
+    filled: np.ndarray  # RGB uint8, the crop with the cavity inpainted
+
+
 @dataclass(eq=False)
 class PreparedFace:
     """Everything cacheable for one image and its landmarks."""
@@ -48,6 +59,8 @@ class PreparedFace:
     grid_origin: tuple[int, int]  # x, y of the region the grid covers (may leave the image)
     grid_size: tuple[int, int]    # nx, ny coarse samples
     colours: Colours
+    cavity: Cavity | None = None  # set when the source mouth is open
+    orientation: np.ndarray | None = None  # (T,) sign of each triangle in the topology layout
 
     @property
     def rest_open(self) -> float:
@@ -55,7 +68,9 @@ class PreparedFace:
         return self.rest.rest_opening / OPENING_AT_FULL
 
 
-def prepare_face(image: np.ndarray, landmarks: np.ndarray) -> PreparedFace:
+def prepare_face(image: np.ndarray, landmarks: np.ndarray, previous: PreparedFace | None = None) -> PreparedFace:
+    """``previous``: the same face in the previous camera frame; its triangulation is reused while
+    it still fits (every triangle keeps its orientation), which saves a Delaunay per frame."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image, got {image.dtype} {image.shape}")
     if landmarks.shape[0] < N_LANDMARKS:
@@ -80,11 +95,16 @@ def prepare_face(image: np.ndarray, landmarks: np.ndarray) -> PreparedFace:
     # topology from a wide-open configuration, where the lip rows and interior rows are apart
     topo_open = max(0.8, rest.rest_opening / OPENING_AT_FULL + 0.4)
     topo = _targets(src, rest, centre, MouthParams(topo_open, 0.0, 0.0), 0.0, (0.0, 0.0, 0.0), pts)
-    tri = Delaunay(topo).simplices.astype(np.int32)
-    a = topo[tri]
-    area = 0.5 * ((a[:, 1, 0] - a[:, 0, 0]) * (a[:, 2, 1] - a[:, 0, 1])
-                  - (a[:, 2, 0] - a[:, 0, 0]) * (a[:, 1, 1] - a[:, 0, 1]))
-    tri = tri[np.abs(area) > 1e-6]
+    tri, orientation = None, None
+    if previous is not None and previous.orientation is not None:
+        area = _signed_areas(topo, previous.triangles)
+        if np.all(np.sign(area) == previous.orientation) and np.all(np.abs(area) > 1e-6):
+            tri, orientation = previous.triangles, previous.orientation
+    if tri is None:
+        tri = Delaunay(topo).simplices.astype(np.int32)
+        area = _signed_areas(topo, tri)
+        keep = np.abs(area) > 1e-6
+        tri, orientation = tri[keep], np.sign(area[keep])
 
     step = max(1, int(round(s / GRID_PER_SCALE)))
     ring2 = src[G.RING2:]
@@ -94,8 +114,53 @@ def prepare_face(image: np.ndarray, landmarks: np.ndarray) -> PreparedFace:
     y1 = int(math.ceil(min(ring2[:, 1].max(), h)))
     nx = max(1, -(-(x1 - x0) // step))
     ny = max(1, -(-(y1 - y0) // step))
+    cavity = _cavity(image, pts, s) if rest.rest_opening >= OPEN_SOURCE else None
     return PreparedFace(image, landmarks, s, rest, src, tri, centre, step, (x0, y0), (nx, ny),
-                        _sample_colours(image, pts, rest, s))
+                        _sample_colours(image, pts, rest, s), cavity, orientation)
+
+
+def _signed_areas(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    a = points[tri]
+    return 0.5 * ((a[:, 1, 0] - a[:, 0, 0]) * (a[:, 2, 1] - a[:, 0, 1])
+                  - (a[:, 2, 0] - a[:, 0, 0]) * (a[:, 1, 1] - a[:, 0, 1]))
+
+
+OPEN_SOURCE = 0.03  # mouth_opening() above which the source shows a cavity worth covering
+
+
+def _inner_polygon(points: np.ndarray) -> np.ndarray:
+    return np.concatenate([points[list(G.LIP_UPPER_INNER)], points[list(G.LIP_LOWER_INNER[::-1])]])[:, :2]
+
+
+def _cavity_margin(s: float) -> int:
+    # FaceMesh's inner-lip contour runs a little inside the dark of an open mouth
+    return max(1, int(round(0.03 * s)))
+
+
+def _polygon_mask(poly: np.ndarray, x0: int, y0: int, w: int, h: int, margin: int) -> np.ndarray:
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
+    return cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8))
+
+
+def _cavity(image: np.ndarray, pts: np.ndarray, s: float) -> Cavity:
+    poly = _inner_polygon(pts)
+    pad = int(0.2 * s) + 4
+    h, w = image.shape[:2]
+    x0, y0 = max(int(poly[:, 0].min()) - pad, 0), max(int(poly[:, 1].min()) - pad, 0)
+    x1, y1 = min(int(poly[:, 0].max()) + pad, w), min(int(poly[:, 1].max()) + pad, h)
+    mask = _polygon_mask(poly, x0, y0, x1 - x0, y1 - y0, _cavity_margin(s))
+    # filled in from the lips around, at most 48 px across (it only stands in for blurred lip
+    # and skin; at full size cv2.inpaint cost ~2.5 ms a frame in camera mode)
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    f = min(1.0, 48.0 / max(crop.shape[:2]))
+    size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
+    small = cv2.inpaint(cv2.resize(crop, size, interpolation=cv2.INTER_AREA),
+                        (cv2.resize(mask, size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8), 2, cv2.INPAINT_TELEA)
+    filled = cv2.resize(small, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    # soft edges, so that the cover never draws an outline of its own
+    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5 * _cavity_margin(s) + 0.5)
+    return Cavity(x0, y0, soft, filled)
 
 
 def render_mouth(face: PreparedFace, params: MouthParams, blink: float = 0.0,
@@ -175,9 +240,15 @@ def _warp(face: PreparedFace, tgt: np.ndarray, tri: np.ndarray, blink: float, ou
     T[:, 1, :] = t[:, :, 1]
     det = np.linalg.det(T)
     ok = np.abs(det) > 1e-3
-    tri, T, t = tri[ok], T[ok], t[ok]
+    tri, T, t, det = tri[ok], T[ok], t[ok], det[ok]
     if not len(tri):
         return
+    # raster the triangles the motion squeezes most (closing lips) or turns over first, so that
+    # well-shaped neighbours win the pixels they share: a sliver's backward map magnifies, and an
+    # edge pixel given to it samples far off (specks of teeth and cavity below closed lips)
+    s_det = 2.0 * _signed_areas(src, tri)
+    order = np.argsort(det / np.where(np.abs(s_det) > 1e-9, s_det, 1e-9), kind="stable")
+    tri, T, t = tri[order], T[order], t[order]
     S = np.transpose(src[tri], (0, 2, 1))  # (T, 2, 3)
     M = S @ np.linalg.inv(T)
     px0, py0 = gx0 + j0 * step, gy0 + i0 * step
@@ -215,6 +286,45 @@ def _warp(face: PreparedFace, tgt: np.ndarray, tri: np.ndarray, blink: float, ou
     map_y = dys + np.arange(qy0, qy1, dtype=np.float32)[:, None]
     out[qy0:qy1, qx0:qx1] = cv2.remap(face.image, map_x, map_y, cv2.INTER_LINEAR,
                                       borderMode=cv2.BORDER_REPLICATE)
+    if face.cavity is not None and _closing(face, tgt):
+        _cover_cavity(face, tgt, map_x, map_y, out[qy0:qy1, qx0:qx1], qx0, qy0)
+
+
+def _closing(face: PreparedFace, tgt: np.ndarray) -> bool:
+    """Whether any inner-lip column is narrower than in the source."""
+    gap = tgt[list(G.LIP_LOWER_INNER[1:-1]), 1] - tgt[list(G.LIP_UPPER_INNER[1:-1]), 1]
+    rest = face.src[list(G.LIP_LOWER_INNER[1:-1]), 1] - face.src[list(G.LIP_UPPER_INNER[1:-1]), 1]
+    return bool(np.any(gap < rest - 0.25))
+
+
+def _cover_cavity(face: PreparedFace, tgt: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
+                  region: np.ndarray, qx0: int, qy0: int) -> None:
+    """Where the warp brings the source's dark cavity outside the target's inner lips (a mouth
+    closing from an open source drags it into the lips and the corners), show the filled-in crop."""
+    c = face.cavity
+    # only around the target mouth: the cavity goes nowhere else
+    lips = tgt[list(G.LIP_UPPER_OUTER + G.LIP_LOWER_OUTER)]
+    pad = 0.25 * face.scale
+    h, w = region.shape[:2]
+    bx0, by0 = max(int(lips[:, 0].min() - pad) - qx0, 0), max(int(lips[:, 1].min() - pad) - qy0, 0)
+    bx1, by1 = min(int(lips[:, 0].max() + pad) - qx0 + 1, w), min(int(lips[:, 1].max() + pad) - qy0 + 1, h)
+    if bx1 <= bx0 or by1 <= by0:
+        return
+    region = region[by0:by1, bx0:bx1]
+    qx0, qy0 = qx0 + bx0, qy0 + by0
+    mx, my = map_x[by0:by1, bx0:bx1] - c.x0, map_y[by0:by1, bx0:bx1] - c.y0
+    leak = cv2.remap(c.mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    h, w = region.shape[:2]
+    inside = _polygon_mask(_inner_polygon(tgt), qx0, qy0, w, h, _cavity_margin(face.scale))
+    inside = cv2.GaussianBlur(inside.astype(np.float32) / 255.0, (0, 0), 0.5 * _cavity_margin(face.scale) + 0.5)
+    leak *= 1.0 - inside
+    ys, xs = np.nonzero(leak > 1e-3)
+    if not len(ys):
+        return
+    sub = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    filled = cv2.remap(c.filled, mx[sub], my[sub], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    a = leak[sub][..., None]
+    region[sub] = (region[sub] * (1.0 - a) + filled * a + 0.5).astype(np.uint8)
 
 
 def _displacement(M: np.ndarray, t: np.ndarray, x0: int, y0: int, nx: int, ny: int, step: int
