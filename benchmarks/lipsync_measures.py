@@ -17,16 +17,25 @@ NOSE_BRIDGE = 6  # FaceMesh landmark between the eyes: "above the nose" is above
 NOSE_TIP = 1
 
 
-def mouth_track(path: Path) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """Inner-lip opening per frame of a video (NaN where no face), and the landmarks."""
+def mouth_track(path: Path) -> tuple[np.ndarray, list[np.ndarray | None], np.ndarray]:
+    """Inner-lip opening per frame of a video (NaN where no face), the landmarks, and the frame
+    times (s, from the stream's timestamps)."""
     openings: list[float] = []
     landmarks: list[np.ndarray | None] = []
+    times: list[float] = []
     with FaceLandmarker(tracking=True) as tracker:
-        for _, rgb in video_frames(path):
+        for t, rgb in video_frames(path):
             faces = tracker.faces(rgb)
+            times.append(t)
             landmarks.append(faces[0].landmarks if faces else None)
             openings.append(mouth_opening(faces[0].landmarks) if faces else np.nan)
-    return np.asarray(openings, np.float64), landmarks
+    return np.asarray(openings, np.float64), landmarks, np.asarray(times, np.float64)
+
+
+def at_times(values: np.ndarray, times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """A per-frame track read at other frame times (linear; NaNs filled first): a clip recorded
+    at a variable frame rate against an output at a constant one."""
+    return np.interp(wanted, times, fill_nan(values))
 
 
 def smooth3(values: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ import av
 import cv2
 import numpy as np
 
-from benchmarks.lipsync_measures import agreement, identity_ssim, mouth_track, smooth3
+from benchmarks.lipsync_measures import agreement, at_times, identity_ssim, mouth_track, smooth3
 from benchmarks.results_io import RESULTS, ROOT, save
 from engines.face import FaceLandmarker
 from stream_server.media_io import video_fps, video_frames
@@ -82,8 +82,11 @@ def measure_clip(clip: Path, backend: str, work: Path, sheets: Path) -> dict[str
     started = time.perf_counter()
     result = render(str(portrait), clip, output, backend, fps=fps, progress=False)
     render_s = time.perf_counter() - started
-    real, _ = mouth_track(clip)
-    produced, _ = mouth_track(output)
+    real, _, real_times = mouth_track(clip)
+    produced, _, produced_times = mouth_track(output)
+    # compare at the output's frame times: some clips are stored at a variable frame rate (and
+    # may start late), and frame k of one is then not frame k of the other
+    real = at_times(real, real_times, produced_times)
     still = float(np.nanstd(produced)) < STILL_STD
     r0, lag, r_best = (0.0, 0, 0.0) if still else agreement(produced, real)
     frames = [frame for _, frame in video_frames(output)]

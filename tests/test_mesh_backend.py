@@ -123,7 +123,7 @@ def test_render_with_mesh_moves_the_mouth_with_speech(tmp_path: Path) -> None:
     out = tmp_path / "talk.mp4"
     result = render(str(portrait), clip, out, "mesh", fps=25, progress=False)
     assert result.counts["generated"] == result.frames
-    openings, _ = mouth_track(out)
+    openings, _, _ = mouth_track(out)
     assert np.nanstd(openings) > 0.02  # the mouth moves
     assert np.nanmax(openings) > 0.1
 
