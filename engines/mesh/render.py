@@ -22,6 +22,7 @@ from engines.mesh import geometry as G
 from engines.mouth import OPENING_AT_FULL, MouthParams
 
 GRID_PER_SCALE = 45.0  # coarse map samples per eye distance
+OPEN_SOURCE = 0.03  # mouth_opening() above which the source shows a cavity worth covering
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Cavity:
 
     x0: int
     y0: int
-    mask: np.ndarray    # float32 0..1, the crop's size
+    mask: np.ndarray    # float32 0..1, the crop's size (soft-edged)
     filled: np.ndarray  # RGB uint8, the crop with the cavity inpainted
 
 
@@ -125,9 +126,6 @@ def _signed_areas(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
                   - (a[:, 2, 0] - a[:, 0, 0]) * (a[:, 1, 1] - a[:, 0, 1]))
 
 
-OPEN_SOURCE = 0.03  # mouth_opening() above which the source shows a cavity worth covering
-
-
 def _inner_polygon(points: np.ndarray) -> np.ndarray:
     return np.concatenate([points[list(G.LIP_UPPER_INNER)], points[list(G.LIP_LOWER_INNER[::-1])]])[:, :2]
 
@@ -137,10 +135,14 @@ def _cavity_margin(s: float) -> int:
     return max(1, int(round(0.03 * s)))
 
 
-def _polygon_mask(poly: np.ndarray, x0: int, y0: int, w: int, h: int, margin: int) -> np.ndarray:
+def _inner_mask(poly: np.ndarray, x0: int, y0: int, w: int, h: int, s: float) -> np.ndarray:
+    """The inner-lip polygon widened by the cavity margin, soft-edged (float32 0..1; soft so that
+    covering the cavity never draws an outline of its own)."""
+    margin = _cavity_margin(s)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
-    return cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8))
+    mask = cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8))
+    return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5 * margin + 0.5)
 
 
 def _cavity(image: np.ndarray, pts: np.ndarray, s: float) -> Cavity:
@@ -149,18 +151,16 @@ def _cavity(image: np.ndarray, pts: np.ndarray, s: float) -> Cavity:
     h, w = image.shape[:2]
     x0, y0 = max(int(poly[:, 0].min()) - pad, 0), max(int(poly[:, 1].min()) - pad, 0)
     x1, y1 = min(int(poly[:, 0].max()) + pad, w), min(int(poly[:, 1].max()) + pad, h)
-    mask = _polygon_mask(poly, x0, y0, x1 - x0, y1 - y0, _cavity_margin(s))
+    mask = _inner_mask(poly, x0, y0, x1 - x0, y1 - y0, s)
     # filled in from the lips around, at most 48 px across (it only stands in for blurred lip
     # and skin; at full size cv2.inpaint cost ~2.5 ms a frame in camera mode)
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])
     f = min(1.0, 48.0 / max(crop.shape[:2]))
     size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
-    small = cv2.inpaint(cv2.resize(crop, size, interpolation=cv2.INTER_AREA),
-                        (cv2.resize(mask, size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8), 2, cv2.INPAINT_TELEA)
+    hole = (cv2.resize(mask, size, interpolation=cv2.INTER_AREA) > 0.01).astype(np.uint8)
+    small = cv2.inpaint(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), hole, 2, cv2.INPAINT_TELEA)
     filled = cv2.resize(small, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
-    # soft edges, so that the cover never draws an outline of its own
-    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5 * _cavity_margin(s) + 0.5)
-    return Cavity(x0, y0, soft, filled)
+    return Cavity(x0, y0, mask, filled)
 
 
 def render_mouth(face: PreparedFace, params: MouthParams, blink: float = 0.0,
@@ -291,9 +291,11 @@ def _warp(face: PreparedFace, tgt: np.ndarray, tri: np.ndarray, blink: float, ou
 
 
 def _closing(face: PreparedFace, tgt: np.ndarray) -> bool:
-    """Whether any inner-lip column is narrower than in the source."""
-    gap = tgt[list(G.LIP_LOWER_INNER[1:-1]), 1] - tgt[list(G.LIP_UPPER_INNER[1:-1]), 1]
-    rest = face.src[list(G.LIP_LOWER_INNER[1:-1]), 1] - face.src[list(G.LIP_UPPER_INNER[1:-1]), 1]
+    """Whether any inner-lip column is narrower than in the source (along the mouth's own axis)."""
+    down = face.rest.frame.axis_y
+    up_i, low_i = list(G.LIP_UPPER_INNER[1:-1]), list(G.LIP_LOWER_INNER[1:-1])
+    gap = (tgt[low_i] - tgt[up_i]) @ down
+    rest = (face.src[low_i] - face.src[up_i]) @ down
     return bool(np.any(gap < rest - 0.25))
 
 
@@ -315,9 +317,7 @@ def _cover_cavity(face: PreparedFace, tgt: np.ndarray, map_x: np.ndarray, map_y:
     mx, my = map_x[by0:by1, bx0:bx1] - c.x0, map_y[by0:by1, bx0:bx1] - c.y0
     leak = cv2.remap(c.mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     h, w = region.shape[:2]
-    inside = _polygon_mask(_inner_polygon(tgt), qx0, qy0, w, h, _cavity_margin(face.scale))
-    inside = cv2.GaussianBlur(inside.astype(np.float32) / 255.0, (0, 0), 0.5 * _cavity_margin(face.scale) + 0.5)
-    leak *= 1.0 - inside
+    leak *= 1.0 - _inner_mask(_inner_polygon(tgt), qx0, qy0, w, h, face.scale)
     ys, xs = np.nonzero(leak > 1e-3)
     if not len(ys):
         return
