@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ESTIMATE_DECAY = 0.9  # per job given up on the time-per-job estimate alone
 
+
 @dataclass(frozen=True)
 class JobResult:
     frame: np.ndarray

@@ -292,11 +292,9 @@ def _warp(face: PreparedFace, tgt: np.ndarray, tri: np.ndarray, blink: float, ou
 
 def _closing(face: PreparedFace, tgt: np.ndarray) -> bool:
     """Whether any inner-lip column is narrower than in the source (along the mouth's own axis)."""
-    down = face.rest.frame.axis_y
     up_i, low_i = list(G.LIP_UPPER_INNER[1:-1]), list(G.LIP_LOWER_INNER[1:-1])
-    gap = (tgt[low_i] - tgt[up_i]) @ down
-    rest = (face.src[low_i] - face.src[up_i]) @ down
-    return bool(np.any(gap < rest - 0.25))
+    gap = (tgt[low_i] - tgt[up_i]) @ face.rest.frame.axis_y
+    return bool(np.any(gap < face.rest.rest_gap - 0.25))
 
 
 def _cover_cavity(face: PreparedFace, tgt: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
@@ -384,9 +382,8 @@ def _sample_colours(image: np.ndarray, pts: np.ndarray, rest: G.MouthRest, s: fl
     tongue = (0.6 * lip + 0.4 * np.array([190.0, 90.0, 90.0]) * (skin_l / 180.0)) * 0.9
     # an open source mouth shows its own teeth and shadow: take their colours
     if rest.rest_gap[list(G.MEASURED_PAIRS)].mean() > 0.05 * s:
-        poly = np.concatenate([pts[list(G.LIP_UPPER_INNER)], pts[list(G.LIP_LOWER_INNER[::-1])]])
         mask = np.zeros((h, w), np.uint8)
-        cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
+        cv2.fillPoly(mask, [np.round(_inner_polygon(pts) * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
         mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
         inner = img[mask > 0]
         if len(inner) >= 12:
