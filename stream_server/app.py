@@ -16,7 +16,7 @@ from aiortc import RTCSessionDescription
 from engines.auto import AutoChoice, choose_backend
 from engines.base import Avatar, AvatarError
 from engines.registry import BackendRegistry
-from stream_server import metrics, whip
+from stream_server import features, metrics, whip
 from stream_server.avatars import AvatarLibrary
 from stream_server.config import FPS_CHOICES, Settings
 from stream_server.frames import fit_cover
@@ -436,6 +436,9 @@ def create_app(settings: Settings, registry: BackendRegistry | None = None) -> w
     app.router.add_static("/", WEB_CLIENT, show_index=False)
 
     async def on_startup(app: web.Application) -> None:
+        # every session's log-mel needs librosa's filters, and librosa's first import takes ~2 s:
+        # built here, off the loop, the first session does not stall every other one for it
+        await asyncio.to_thread(features.mel_filterbank)
         server.start_background()
 
     async def on_shutdown(app: web.Application) -> None:

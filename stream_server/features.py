@@ -7,6 +7,8 @@ lets a stream computed 20 ms at a time match a one-shot computation on the whole
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SAMPLE_RATE = 16000
@@ -19,11 +21,15 @@ FMAX = 8000.0
 LOG_FLOOR = 1e-10  # power floor before the log: silence is log(1e-10) = -23.03
 
 
+@functools.lru_cache(maxsize=1)
 def mel_filterbank() -> np.ndarray:
-    """(N_MELS, N_FFT // 2 + 1) Slaney-normalised mel filters, as librosa builds them."""
-    import librosa  # imported here: librosa's import is slow and only the filter matrix is needed
+    """(N_MELS, N_FFT // 2 + 1) Slaney-normalised mel filters, as librosa builds them; built once
+    per process (read-only) and shared by every session's LogMel."""
+    import librosa  # imported here: librosa's import is slow (~2 s) and only the filter matrix is needed
 
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX).astype(np.float32)
+    filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX).astype(np.float32)
+    filters.flags.writeable = False
+    return filters
 
 
 def hann_window() -> np.ndarray:
