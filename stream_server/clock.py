@@ -9,8 +9,9 @@ scheduler read this one clock, so whatever it does, audio and video move togethe
 
 Camera frames are placed on the same timeline by the peer's RTCP sender reports
 (``sender_reports.py``). Until those have arrived they are placed by arrival, against the *fast*
-mapping (the 5th percentile): a frame that arrived at wall time w shows about media time
-``w - fast_origin``, as if the camera's packets took the same quickest path as the microphone's.
+mapping (the 5th percentile, followed at once): a frame that would have arrived at wall time w
+on the camera's quickest path shows about media time ``w - fast_origin``, as if the camera's
+packets took the same quickest path as the microphone's.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ class MediaClock:
         while self._offsets[0][0] < arrival - self.window_s:
             del self._sorted[bisect.bisect_left(self._sorted, self._offsets.popleft()[1])]
         self.origin = _approach(self.origin, _percentile(self._sorted, PERCENTILE))
-        self.fast_origin = _approach(self.fast_origin, _percentile(self._sorted, FAST_PERCENTILE))
+        # not slewed: it only places camera frames, where following the quickest audio at once
+        # costs at most a skipped or repeated camera frame, while a first packet that came late
+        # (a backlog at the start) would otherwise leave the pictures ahead of the sound for seconds
+        self.fast_origin = _percentile(self._sorted, FAST_PERCENTILE)
         self.started.set()
 
     def start_without_audio(self, wall: float) -> None:

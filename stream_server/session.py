@@ -17,7 +17,7 @@ import time
 import uuid
 from fractions import Fraction
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine, NamedTuple
 
 import av
 import cv2
@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from engines.base import Avatar, Backend, FrameJob
 from stream_server import metrics
-from stream_server.audio_in import PLAYBACK_RATE, AudioIn
+from stream_server.audio_in import PLAYBACK_RATE, RTP_WRAP, AudioIn, signed_ticks
 from stream_server.clock import MediaClock
 from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
@@ -69,32 +69,57 @@ FallbackProvider = Callable[[str, SessionOptions], Awaitable[Replacement | None]
 WATCH_INTERVAL_S = 0.5
 
 
+class HeldFrame(NamedTuple):
+    arrival: float  # wall time it arrived
+    taken: float | None  # media time it was taken at, by sender reports (None before them)
+    rtp_s: float  # its RTP time in seconds from the first frame's
+    frame: av.VideoFrame
+
+
 class CameraIn:
     """The last second of inbound camera frames, with their arrival times and, once the peer's
     sender reports allow it, the media time (on the microphone's timeline) each was taken at."""
 
     def __init__(self) -> None:
-        self.frames: collections.deque[tuple[float, float | None, av.VideoFrame]] = collections.deque(maxlen=32)
+        self.frames: collections.deque[HeldFrame] = collections.deque(maxlen=32)
         self.first = asyncio.Event()
         self.by_reports = 0  # frames placed by sender reports (the rest by arrival)
+        self._first_pts: int | None = None
+        self._ticks = 0  # RTP ticks since the first frame, unwrapped
 
     def push(self, frame: av.VideoFrame, arrival: float, media_s: float | None) -> None:
-        self.frames.append((arrival, media_s, frame))
+        self.frames.append(HeldFrame(arrival, media_s, self._rtp_s(frame, arrival), frame))
         self.by_reports += media_s is not None
         self.first.set()
 
     def at(self, media_s: float, arrival_by: float) -> av.VideoFrame | None:
         """The frame taken nearest to media time ``media_s``. Without sender reports yet, the
-        newest frame that had arrived by wall time ``arrival_by`` (else the oldest held)."""
-        if self.frames and self.frames[-1][1] is not None:
-            placed = [(abs(taken - media_s), n) for n, (_, taken, _) in enumerate(self.frames) if taken is not None]
-            return self.frames[min(placed)[1]][2]
+        newest frame that would have arrived by wall time ``arrival_by`` on the quickest path
+        (else the oldest held)."""
+        if self.frames and self.frames[-1].taken is not None:
+            placed = [(abs(held.taken - media_s), n) for n, held in enumerate(self.frames) if held.taken is not None]
+            return self.frames[min(placed)[1]].frame
+        # Frames are placed by their own RTP times plus the least delay any held frame had, not
+        # by when each arrived: frames held up together (a stall, a server busy starting the
+        # session) and then delivered in a burst would otherwise all count as taken at the burst.
+        quickest = min((held.arrival - held.rtp_s for held in self.frames), default=0.0)
         chosen = None
-        for arrival, _, frame in self.frames:
-            if arrival > arrival_by and chosen is not None:
+        for held in self.frames:
+            if held.rtp_s + quickest > arrival_by and chosen is not None:
                 break
-            chosen = frame
+            chosen = held.frame
         return chosen
+
+    def _rtp_s(self, frame: av.VideoFrame, arrival: float) -> float:
+        """The frame's RTP time in seconds from the first frame's (its arrival if unstamped)."""
+        if frame.pts is None or frame.time_base is None:
+            return arrival
+        pts = int(frame.pts) % RTP_WRAP
+        if self._first_pts is None:
+            self._first_pts = pts
+        else:
+            self._ticks += signed_ticks(pts, (self._first_pts + self._ticks) % RTP_WRAP)
+        return self._ticks * float(frame.time_base)
 
 
 class Session:
@@ -193,9 +218,24 @@ class Session:
         await self.pc.setLocalDescription(answer)
         self._listen_for_packets()
         self._reports = {t.kind: SenderReports(t.receiver) for t in self.pc.getTransceivers() if t.kind in ("audio", "video")}
-        self._tasks.append(asyncio.create_task(self._drive(), name=f"drive-{self.id}"))
-        self._tasks.append(asyncio.create_task(self._watch(), name=f"watch-{self.id}"))
+        self._start_task(self._drive(), "drive")
+        self._start_task(self._watch(), "watch")
         return self.pc.localDescription
+
+    def _start_task(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run one of the session's own tasks; one that fails ends the session with a message
+        instead of leaving it connected and silent."""
+        task = asyncio.create_task(work, name=f"{name}-{self.id}")
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=error)
+        if not self.closed.is_set():
+            asyncio.create_task(self.close(f"internal error in {task.get_name()}: {error!r} (a bug: the server log has the details)"))
 
     def _listen_for_packets(self) -> None:
         """Note the time of every RTP and RTCP packet from the peer. A peer that only receives
@@ -234,7 +274,7 @@ class Session:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         consume = self._consume_audio if track.kind == "audio" else self._consume_video
-        self._tasks.append(asyncio.create_task(consume(track), name=f"{track.kind}-in-{self.id}"))
+        self._start_task(consume(track), f"{track.kind}-in")
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -310,7 +350,7 @@ class Session:
     async def _take_camera_size(self) -> None:
         try:
             await asyncio.wait_for(self.camera.first.wait(), AUDIO_WAIT_S)
-            first = self.camera.frames[0][2]
+            first = self.camera.frames[0].frame
             self.size = camera_size(first.width, first.height)
         except (asyncio.TimeoutError, TimeoutError):
             self.add_event("no camera frames arrived: sending a blank picture")
@@ -390,7 +430,7 @@ class Session:
         if self._switching or self.closed.is_set():
             return
         self._switching = True
-        self._tasks.append(asyncio.create_task(self._fall_back(reason, hung), name=f"fallback-{self.id}"))
+        self._start_task(self._fall_back(reason, hung), "fallback")
 
     async def _fall_back(self, reason: str, hung: bool) -> None:
         """Move this session onto the fallback backend; other sessions are not touched."""

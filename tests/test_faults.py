@@ -14,6 +14,7 @@ import pytest
 from benchmarks.synthetic_peer import PeerRun, run_peer
 from engines.registry import BackendRegistry
 from stream_server.options import SessionOptions
+from stream_server.session import CameraIn
 from tests.backends import FaultAfterBackend
 from tests.conftest import Live, StartServer
 
@@ -151,3 +152,26 @@ def test_a_hung_backend_is_marked_unavailable_in_the_registry() -> None:
     registry.mark_failed("passthrough", "hung: generate() did not return within 3 s")
     assert registry.unavailable_reason("passthrough").startswith("hung")
     assert registry.info("passthrough").available is False
+
+
+async def test_a_session_whose_own_task_fails_is_closed_with_the_reason(start_server: StartServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the session's own work (here: taking in camera frames) ends that session with a
+    message, instead of leaving it connected and silent; the server serves the next one."""
+    live = await start_server()
+    take = CameraIn.push
+
+    def breaks_after_ten_frames(self: CameraIn, *args: Any) -> None:
+        if len(self.frames) >= 10:
+            raise RuntimeError("camera intake broke")
+        take(self, *args)
+
+    monkeypatch.setattr(CameraIn, "push", breaks_after_ten_frames)
+    run, events = PeerRun(), []
+    watcher = asyncio.create_task(collect_events(live, run, events))
+    await run_peer(live.url, 3.0, {"backend": "passthrough", "avatar": "camera"}, run=run, size=(96, 96))
+    await asyncio.wait_for(watcher, 5)
+    closed = [e for e in events if e.startswith("closed:")]
+    assert closed and "internal error in video-in" in closed[0] and "camera intake broke" in closed[0], events
+    monkeypatch.undo()
+    again = await run_peer(live.url, 1.5, {"backend": "passthrough", "avatar": "camera"})
+    assert again.status == 200 and len(again.video_arrivals) > 15
