@@ -77,7 +77,9 @@ async def test_a_receive_only_peer_is_not_mistaken_for_an_idle_one(start_server:
     """A peer that sends no media still sends RTCP receiver reports: its session stays."""
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
-    live = await start_server(idle_timeout_s=1.5)
+    # aiortc sends a receiver report every 0.5-1.5 s: a timeout of 2.5 s leaves a second for a
+    # busy loop (1.5 s failed once on a cold first run)
+    live = await start_server(idle_timeout_s=2.5)
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
@@ -87,7 +89,7 @@ async def test_a_receive_only_peer_is_not_mistaken_for_an_idle_one(start_server:
             async with http.post(f"{live.url}/offer", json=body) as response:
                 answer = await response.json()
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(5.5)  # over two timeouts
         assert answer["session_id"] in live.server.sessions
     finally:
         await pc.close()
