@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import av
@@ -97,6 +98,33 @@ class SpeechDetector:
         return None
 
 
+class ChannelTimeline:
+    """Puts each producer's frames on the channel's own timeline, continuous across producers.
+
+    One shift in seconds for both kinds, taken from the producer's first frame of either kind:
+    the producer's audio and video keep the alignment its session gave them, even when its first
+    video frame is a later slot than its first audio chunk (a session that started behind skips
+    video slots, never audio)."""
+
+    def __init__(self) -> None:
+        self._end = Fraction(0)  # channel time (s) the frames placed so far reach
+        self._shift: Fraction | None = None  # channel time minus the current producer's media time
+
+    def restart(self) -> None:
+        """A new producer: its first frame goes where the channel's timeline has got to."""
+        self._shift = None
+
+    def place(self, frame: av.VideoFrame | av.AudioFrame, fps: int) -> None:
+        assert frame.pts is not None and frame.time_base is not None
+        seconds = frame.pts * frame.time_base
+        if self._shift is None:
+            self._shift = self._end - seconds
+        placed = seconds + self._shift
+        frame.pts = round(placed / frame.time_base)
+        duration = Fraction(frame.samples, frame.sample_rate) if isinstance(frame, av.AudioFrame) else Fraction(1, fps)
+        self._end = max(self._end, placed + duration)
+
+
 @dataclass
 class Channel:
     name: str
@@ -112,14 +140,13 @@ class Channel:
 
     def __post_init__(self) -> None:
         self._pumps: list[asyncio.Task[None]] = []
-        self._next_pts = {"video": 0, "audio": 0}  # where the channel's timeline has got to
-        self._offset: dict[str, int | None] = {"video": None, "audio": None}
+        self._timeline = ChannelTimeline()
 
     # -- producer ----------------------------------------------------------------------------
     def attach(self, session: Session, resource: str) -> None:
         """Make ``session`` the producer and start relaying its output."""
         self.producer, self.producer_resource = session, resource
-        self._offset = {"video": None, "audio": None}
+        self._timeline.restart()
         self._pumps = [
             asyncio.create_task(self._pump("video", session.video_out), name=f"channel-{self.name}-video"),
             asyncio.create_task(self._pump("audio", session.audio_out), name=f"channel-{self.name}-audio"),
@@ -144,7 +171,7 @@ class Channel:
         try:
             while True:
                 frame = await track.recv()
-                self._restamp(kind, frame)
+                self._timeline.place(frame, self.options.fps)
                 if kind == "audio":
                     self._listen(frame)
                 for subscriber in list(self.subscribers):
@@ -157,15 +184,6 @@ class Channel:
             raise
         except Exception:
             log.exception("channel %s: relaying %s failed", self.name, kind)
-
-    def _restamp(self, kind: str, frame: av.VideoFrame | av.AudioFrame) -> None:
-        """Put the frame on the channel's timeline (continuous across producers)."""
-        assert frame.pts is not None
-        if self._offset[kind] is None:
-            self._offset[kind] = self._next_pts[kind] - frame.pts
-        frame.pts += self._offset[kind]
-        step = frame.samples if isinstance(frame, av.AudioFrame) else round(90000 / self.options.fps)
-        self._next_pts[kind] = frame.pts + step
 
     def _listen(self, frame: av.AudioFrame) -> None:
         change = self.speech.feed(frame.to_ndarray().reshape(-1), frame.samples / frame.sample_rate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +15,7 @@ from aiortc.contrib.media import MediaPlayer
 from benchmarks.peer import (
     PacedAudio, Received, StampedVideo, av_offsets, loop_clip, output_fps, read_stamp, whep_play, whip_publish,
 )
+from stream_server.channels import ChannelTimeline
 from stream_server.media_io import load_audio
 from tests.conftest import StartServer
 from tests.media import shared_media, video_fps
@@ -37,6 +39,40 @@ def recording_offsets(path: Path, clip: Path) -> tuple[np.ndarray, float]:
     offsets = np.array([t - (origin + index / clip_fps) for t, index in frames if index > 0])
     times = [t for t, _ in frames]
     return offsets, (len(times) - 1) / (times[-1] - times[0])
+
+
+def session_frames(first_slot: int, slots: int, media_origin_s: float) -> list[av.VideoFrame | av.AudioFrame]:
+    """What a producer's session hands out, stamped as it stamps them: 25 fps video from slot
+    ``first_slot`` and 20 ms audio chunks from media time 0 (time bases 1/90000 and 1/48000),
+    every media time offset by ``media_origin_s``."""
+    frames: list[av.VideoFrame | av.AudioFrame] = []
+    for n in range(slots * 2):  # two audio chunks a slot
+        audio = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+        audio.sample_rate, audio.pts, audio.time_base = 48000, round((media_origin_s + n * 0.02) * 48000), Fraction(1, 48000)
+        frames.append(audio)
+    for slot in range(first_slot, slots):
+        video = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        video.pts, video.time_base = round((media_origin_s + slot * 0.04) * 90000), Fraction(1, 90000)
+        frames.append(video)
+    return frames
+
+
+def test_the_channel_timeline_keeps_a_producers_audio_and_video_aligned_across_producers() -> None:
+    """A producer whose session started behind sends its first video frame three slots after its
+    first audio chunk: the channel keeps them 120 ms apart. The next producer continues where the
+    first stopped, with its own alignment."""
+    timeline = ChannelTimeline()
+    times: dict[str, list[float]] = {"audio": [], "video": []}
+    for producer, (first_slot, origin) in enumerate([(3, 0.0), (0, 1000.0)]):
+        timeline.restart()
+        for frame in session_frames(first_slot, 10, origin):
+            timeline.place(frame, 25)
+            kind = "audio" if isinstance(frame, av.AudioFrame) else "video"
+            times[kind].append(float(frame.pts * frame.time_base))
+    assert times["audio"][0] == 0.0 and times["video"][0] == pytest.approx(0.12)
+    # the second producer starts where the first one's frames end (0.4 s), both kinds together
+    assert times["audio"][20] == pytest.approx(0.4) and times["video"][7] == pytest.approx(0.4)
+    assert np.allclose(np.diff(times["audio"][20:]), 0.02) and np.allclose(np.diff(times["video"][7:]), 0.04)
 
 
 async def test_a_whip_producer_reaches_whep_viewers_in_sync_and_is_recorded(start_server: StartServer, tmp_path: Path) -> None:
