@@ -78,7 +78,8 @@ def test_the_channel_timeline_keeps_a_producers_audio_and_video_aligned_across_p
 async def test_a_whip_producer_reaches_whep_viewers_in_sync_and_is_recorded(start_server: StartServer, tmp_path: Path) -> None:
     live = await start_server(recordings_dir=tmp_path)
     live.server.create_channel("studio", CAMERA)
-    clip = loop_clip(shared_media(*CLIP), 12.0, tmp_path)  # longer than the test: the producer never runs dry
+    # longer than the test, so the producer never runs dry; made off the loop the server runs on
+    clip = await asyncio.to_thread(loop_clip, shared_media(*CLIP), 12.0, tmp_path)
     player = MediaPlayer(str(clip))
     producer, producer_url = await whip_publish(live.url, "studio", [PacedAudio(player.audio), StampedVideo(player.video)])
     received = Received()
