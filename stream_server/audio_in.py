@@ -38,6 +38,33 @@ def signed_ticks(later: int, earlier: int) -> int:
     return (later - earlier + (1 << 31)) % RTP_WRAP - (1 << 31)
 
 
+class RtpTicks:
+    """A stream's 32-bit RTP timestamps unwrapped into ticks since its first one."""
+
+    def __init__(self) -> None:
+        self._first: int | None = None
+        self._last = 0  # the newest timestamp seen (mod 2**32)
+        self._since_first = 0  # ... and its ticks since the first
+
+    @property
+    def started(self) -> bool:
+        return self._first is not None
+
+    def advance(self, pts: int) -> int:
+        """Ticks since the first timestamp of ``pts``, the stream's newest."""
+        raw = int(pts) % RTP_WRAP
+        if self._first is None:
+            self._first = raw
+        else:
+            self._since_first += signed_ticks(raw, self._last)
+        self._last = raw
+        return self._since_first
+
+    def peek(self, pts: int) -> int:
+        """Ticks since the first timestamp of ``pts``, taken as the one nearest the newest."""
+        return self._since_first + signed_ticks(int(pts) % RTP_WRAP, self._last)
+
+
 class AudioIn:
     def __init__(self, capacity_s: float = 12.0) -> None:
         self.pcm16k = SampleRing(int(capacity_s * FEATURE_RATE), np.float32)
@@ -46,9 +73,7 @@ class AudioIn:
         self._logmel = features.LogMel()
         self._to_mono48k = av.AudioResampler(format="s16", layout="mono", rate=PLAYBACK_RATE)
         self._to_16k = av.AudioResampler(format="flt", layout="mono", rate=FEATURE_RATE)
-        self._origin: int | None = None  # first pts, in input ticks
-        self._last_raw_pts: int | None = None
-        self._unwrapped = 0
+        self._rtp = RtpTicks()
         self.clock_rate: int | None = None  # RTP ticks per second of the inbound pts
         self._next48 = 0  # next expected 48 kHz sample index
         self._next16 = 0  # next 16 kHz sample index the resampler will produce
@@ -82,17 +107,8 @@ class AudioIn:
         """48 kHz sample index of the frame's first sample, from its pts (None without pts)."""
         if frame.pts is None or frame.time_base is None:
             return None
-        raw = int(frame.pts) % RTP_WRAP
-        if self._last_raw_pts is None:
-            self._unwrapped = raw
-        else:
-            self._unwrapped += signed_ticks(raw, self._last_raw_pts)
-        self._last_raw_pts = raw
         self.clock_rate = round(1 / Fraction(frame.time_base))
-        if self._origin is None:
-            self._origin = self._unwrapped
-        ticks = Fraction(self._unwrapped - self._origin) * Fraction(frame.time_base)
-        return round(ticks * PLAYBACK_RATE)
+        return round(Fraction(self._rtp.advance(frame.pts)) * Fraction(frame.time_base) * PLAYBACK_RATE)
 
     def _feed_16k(self, mono48: np.ndarray) -> None:
         frame = av.AudioFrame.from_ndarray(mono48.reshape(1, -1), format="s16", layout="mono")
@@ -127,7 +143,7 @@ class AudioIn:
     # -- reading ---------------------------------------------------------------------------
     @property
     def started(self) -> bool:
-        return self._origin is not None
+        return self._rtp.started
 
     @property
     def horizon_s(self) -> float:
@@ -137,10 +153,9 @@ class AudioIn:
     def media_of_pts(self, pts: int) -> float | None:
         """Media time of the inbound pts ``pts`` (mod 2**32), taken as the one nearest to the
         newest frame; None before the first frame."""
-        if self._origin is None or self._last_raw_pts is None or self.clock_rate is None:
+        if not self._rtp.started or self.clock_rate is None:
             return None
-        unwrapped = self._unwrapped + signed_ticks(pts, self._last_raw_pts)
-        return (unwrapped - self._origin) / self.clock_rate
+        return self._rtp.peek(pts) / self.clock_rate
 
     def arrival_of(self, media_s: float) -> float | None:
         """Wall time at which the audio up to ``media_s`` (its last sample before that instant)

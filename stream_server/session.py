@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from engines.base import Avatar, Backend, FrameJob
 from stream_server import metrics
-from stream_server.audio_in import PLAYBACK_RATE, RTP_WRAP, AudioIn, signed_ticks
+from stream_server.audio_in import PLAYBACK_RATE, AudioIn, RtpTicks
 from stream_server.clock import MediaClock
 from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
@@ -84,8 +84,7 @@ class CameraIn:
         self.frames: collections.deque[HeldFrame] = collections.deque(maxlen=32)
         self.first = asyncio.Event()
         self.by_reports = 0  # frames placed by sender reports (the rest by arrival)
-        self._first_pts: int | None = None
-        self._ticks = 0  # RTP ticks since the first frame, unwrapped
+        self._rtp = RtpTicks()
 
     def push(self, frame: av.VideoFrame, arrival: float, media_s: float | None) -> None:
         self.frames.append(HeldFrame(arrival, media_s, self._rtp_s(frame, arrival), frame))
@@ -111,15 +110,11 @@ class CameraIn:
         return chosen
 
     def _rtp_s(self, frame: av.VideoFrame, arrival: float) -> float:
-        """The frame's RTP time in seconds from the first frame's (its arrival if unstamped)."""
+        """The frame's RTP time in seconds from the first frame's (its arrival if unstamped:
+        aiortc stamps every frame)."""
         if frame.pts is None or frame.time_base is None:
             return arrival
-        pts = int(frame.pts) % RTP_WRAP
-        if self._first_pts is None:
-            self._first_pts = pts
-        else:
-            self._ticks += signed_ticks(pts, (self._first_pts + self._ticks) % RTP_WRAP)
-        return self._ticks * float(frame.time_base)
+        return self._rtp.advance(frame.pts) * float(frame.time_base)
 
 
 class Session:
