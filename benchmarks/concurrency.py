@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks.live import free_port, pct, start_server, stop_server
 from benchmarks.peer import ArrayMicrophone, stream_microphone
 from benchmarks.proc_usage import UsageSampler
+from benchmarks.report import LATENCY_MARGIN_MS
 from benchmarks.results_io import ROOT, save
 from benchmarks.stress import fps_windows
 from stream_server.media_io import load_audio
@@ -34,7 +35,6 @@ from stream_server.media_io import load_audio
 SPEECH = ROOT.parent / "shared" / "testdata" / "audio" / "musetalk_eng.wav"
 SKIP_S = 3.0
 HOLD_FPS = {"fps_mean": 24.5, "fps_worst_1s": 23.0}
-LATENCY_MARGIN_MS = 60.0  # over the backend's lookahead, as the loopback benchmark's target
 
 
 def hold_rule(backend: str) -> dict[str, float]:

@@ -8,10 +8,10 @@ sender's clock and ours moves it smoothly and never makes a jump. Both outgoing 
 scheduler read this one clock, so whatever it does, audio and video move together.
 
 Camera frames are placed on the same timeline by the peer's RTCP sender reports
-(``sender_reports.py``). Until those have arrived they are placed by arrival, against the *fast*
-mapping (the 5th percentile, followed at once): a frame that would have arrived at wall time w
-on the camera's quickest path shows about media time ``w - fast_origin``, as if the camera's
-packets took the same quickest path as the microphone's.
+(``sender_reports.py``). Until those have arrived, a frame is placed by when it would have
+arrived on the camera's quickest path (its RTP time plus the least delay of the camera frames
+held), against the *fast* mapping (the 5th percentile, followed at once): wall time w is about
+media time ``w - fast_origin``, as if the camera's packets took the microphone's quickest path.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class CameraIn:
     def __init__(self) -> None:
         self.frames: collections.deque[HeldFrame] = collections.deque(maxlen=32)
         self.first = asyncio.Event()
-        self.by_reports = 0  # frames placed by sender reports (the rest by arrival)
+        self.by_reports = 0  # frames placed by sender reports (the rest by RTP time and the quickest arrival)
         self._rtp = RtpTicks()
 
     def push(self, frame: av.VideoFrame, arrival: float, media_s: float | None) -> None:
@@ -225,9 +225,9 @@ class Session:
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
+        error = None if task.cancelled() else task.exception()
+        if error is None:
             return
-        error = task.exception()
         log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=error)
         if not self.closed.is_set():
             asyncio.create_task(self.close(f"internal error in {task.get_name()}: {error!r} (a bug: the server log has the details)"))

@@ -63,7 +63,7 @@ def test_the_channel_timeline_keeps_a_producers_audio_and_video_aligned_across_p
     first stopped, with its own alignment."""
     timeline = ChannelTimeline()
     times: dict[str, list[float]] = {"audio": [], "video": []}
-    for producer, (first_slot, origin) in enumerate([(3, 0.0), (0, 1000.0)]):
+    for first_slot, origin in [(3, 0.0), (0, 1000.0)]:
         timeline.restart()
         for frame in session_frames(first_slot, 10, origin):
             timeline.place(frame, 25)
