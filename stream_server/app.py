@@ -339,7 +339,7 @@ async def metrics_route(request: web.Request) -> web.Response:
     server: Server = request.app[SERVER]
     metrics.SESSIONS.set(len(server.sessions))
     for session in server.sessions.values():
-        fps = session.stats.fps_out()
+        fps = session.ledger.stats.fps_out()
         metrics.FPS_OUT.labels(session.id).set(fps or 0.0)
     metrics.LOOP_LAG.set(server.loop_lag.worst_s())
     return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")

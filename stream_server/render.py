@@ -21,13 +21,13 @@ import av
 import numpy as np
 
 from engines.auto import AUTO, choose_backend
-from engines.base import FrameJob
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.avatars import BUNDLED, read_image
-from stream_server.frames import emission_image, fit_cover
+from stream_server.frames import fit_cover
 from stream_server.media_io import load_audio
-from stream_server.scheduler import MIN_BUDGET_S, Emission, FrameScheduler, SchedulerConfig, budget_for
+from stream_server.pipeline import Generation, MakeFrame, Portrait, StreamPipeline, expected_backend_s
+from stream_server.scheduler import MIN_BUDGET_S, Emission
 from stream_server.simulate import simulate
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class VideoBase:
             raise RenderError(f"{self.path} has no decodable video frames")
         self._next = next(self._frames, None)
         self._loop_start = self._current[0]
+
+    def pick(self, time_s: float) -> MakeFrame:
+        return lambda: self.at(time_s)  # made in slot order: the decoder only goes forward
 
     def at(self, time_s: float) -> np.ndarray:
         """The frame showing at ``time_s`` (times only increase between calls)."""
@@ -146,7 +149,6 @@ def render(
             height, width = _video_size(avatar_path)
             size = (width // 2 * 2, height // 2 * 2)
     width, height = size
-    video_base = VideoBase(avatar_path, size) if is_video else None
 
     if backend_name == AUTO:
         choice = choose_backend(registry, fps)
@@ -156,27 +158,19 @@ def render(
     portrait = None if image is None else fit_cover(image, width, height)
     prepared = backend.prepare_avatar(avatar_path.stem, portrait)
 
-    backend_s = 0.0 if timing == "ideal" else 1.0 / (registry.info(backend_name).typical_fps or fps)
-    config = SchedulerConfig(fps=fps, lookahead_s=backend.lookahead_s, budget_s=budget_for(backend_s, fps, MIN_BUDGET_S))
-    scheduler: FrameScheduler[np.ndarray] = FrameScheduler(config, backend_s=backend_s)
-    audio_in = AudioIn(capacity_s=max(12.0, duration + 2.0))
+    backend_s = 0.0 if timing == "ideal" else expected_backend_s(registry.info(backend_name).typical_fps, fps)
+    frames = Portrait(portrait) if portrait is not None else VideoBase(avatar_path, size)
+    pipeline = StreamPipeline(
+        "render", Generation(backend, prepared), fps, backend_s, MIN_BUDGET_S, frames, AudioIn(capacity_s=max(12.0, duration + 2.0))
+    )
     chunks = list(audio_frames(pcm48))
     measured: dict[int, float] = {}
-    stream_id = "render"
 
     def on_chunk(n: int) -> None:
-        audio_in.push(chunks[n], arrival=(n + 1) * CHUNK / PLAYBACK_RATE)
-
-    def base_frame(time_s: float) -> np.ndarray:
-        return portrait if portrait is not None else video_base.at(time_s)  # type: ignore[union-attr]
-
-    def job(slot: int) -> FrameJob:
-        time_s = scheduler.slot_time(slot)
-        window = audio_in.window(time_s, backend.context_s, backend.lookahead_s)
-        return FrameJob(stream_id, slot, time_s, window, base_frame(time_s), prepared)
+        pipeline.audio_in.push(chunks[n], arrival=(n + 1) * CHUNK / PLAYBACK_RATE)
 
     def generate(slots: Sequence[int]) -> list[np.ndarray]:
-        jobs = [job(slot) for slot in slots]
+        jobs = [pipeline.job(slot)() for slot in slots]
         begun = time.perf_counter()
         frames = backend.generate(jobs)
         for slot in slots:
@@ -191,14 +185,14 @@ def render(
     last_report = [time.perf_counter()]
 
     def on_emit(now: float, emission: Emission[np.ndarray]) -> None:
-        writer.add_video(emission_image(emission, lambda: base_frame(scheduler.slot_time(emission.slot))))
+        writer.add_video(pipeline.picture(emission, pipeline.base(emission.slot)))
         if progress and time.perf_counter() - last_report[0] > 1.0:
             last_report[0] = time.perf_counter()
             print(f"  rendered {emission.slot + 1}/{total} frames", file=sys.stderr, flush=True)
 
     try:
         simulate(
-            scheduler,
+            pipeline,
             duration,
             generate=generate,
             service_s=service_s,
@@ -208,11 +202,11 @@ def render(
             on_emit=on_emit,
         )
         writer.add_audio(pcm48)
-        backend_stats = backend.stream_stats(stream_id)
+        backend_stats = backend.stream_stats(pipeline.stream_id)
     finally:
         writer.close()
-        backend.close_stream(stream_id)
-    return RenderResult(output, total, scheduler.counts.as_dict(), duration, time.perf_counter() - started, backend_stats)
+        backend.close_stream(pipeline.stream_id)
+    return RenderResult(output, total, pipeline.scheduler.counts.as_dict(), duration, time.perf_counter() - started, backend_stats)
 
 
 def _video_size(path: Path) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Drive a FrameScheduler on a simulated clock: the offline render and the scheduler tests.
+"""Drive a stream on a simulated clock: the offline render (a StreamPipeline) and the
+scheduler's tests and benchmarks (a FrameScheduler alone).
 
 Audio "arrives" in chunks at the media time where each chunk ends (plus an optional delay),
 the backend is one worker taking jobs in order, each taking a given simulated time, and every
@@ -10,7 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence
+from typing import Callable, Generic, Protocol, Sequence
 
 from stream_server.scheduler import Emission, Frame, FrameScheduler
 
@@ -23,8 +24,36 @@ class SimulatedRun(Generic[Frame]):
     max_queued: int = 0
 
 
+class Simulated(Protocol[Frame]):
+    """What the simulation drives: the calls a live driver makes on its stream."""
+
+    scheduler: FrameScheduler[Frame]
+
+    def due(self, now: float, horizon: float) -> list[int]: ...
+
+    def completed(self, slot: int, frame: Frame, now: float, service_s: float | None) -> None: ...
+
+    def emit(self, slot: int) -> Emission[Frame]: ...
+
+
+class SchedulerAlone(Generic[Frame]):
+    """A scheduler as a simulated stream of its own, for its tests and benchmarks."""
+
+    def __init__(self, scheduler: FrameScheduler[Frame]) -> None:
+        self.scheduler = scheduler
+
+    def due(self, now: float, horizon: float) -> list[int]:
+        return self.scheduler.poll(now, horizon)
+
+    def completed(self, slot: int, frame: Frame, now: float, service_s: float | None) -> None:
+        self.scheduler.completed(slot, frame, now, service_s)
+
+    def emit(self, slot: int) -> Emission[Frame]:
+        return self.scheduler.emit(slot)
+
+
 def simulate(
-    scheduler: FrameScheduler[Frame],
+    stream: Simulated[Frame] | FrameScheduler[Frame],
     duration_s: float,
     generate: Callable[[Sequence[int]], Sequence[Frame]],
     service_s: Callable[[int], float],
@@ -41,6 +70,9 @@ def simulate(
     arrives, and ``audio_end_s`` where the audio ends (after it, everything counts as arrived).
     ``on_chunk(n)`` is called as chunk n arrives, ``on_emit`` as each slot is sent.
     """
+    if isinstance(stream, FrameScheduler):
+        stream = SchedulerAlone(stream)
+    scheduler = stream.scheduler
     run: SimulatedRun[Frame] = SimulatedRun()
     cfg = scheduler.config
     last_slot = math.ceil(duration_s * cfg.fps) - 1
@@ -59,12 +91,12 @@ def simulate(
         while jobs and jobs[0][0] <= now + 1e-12:
             finished, slot, frame = heapq.heappop(jobs)
             run.finished[slot] = finished
-            scheduler.completed(slot, frame, finished, service_s(slot))
+            stream.completed(slot, frame, finished, service_s(slot))
         while horizon() != math.inf and chunk_arrival(chunk) <= now + 1e-12:
             if on_chunk:
                 on_chunk(chunk)
             chunk += 1
-        due = [s for s in scheduler.poll(now, horizon()) if s <= last_slot]
+        due = [s for s in stream.due(now, horizon()) if s <= last_slot]
         if due:
             for slot, frame in zip(due, generate(due)):
                 run.dispatched[slot] = now
@@ -72,7 +104,7 @@ def simulate(
                 heapq.heappush(jobs, (worker_free, slot, frame))
         run.max_queued = max(run.max_queued, scheduler.queued)
         while scheduler.next_emit <= last_slot and scheduler.deadline(scheduler.next_emit) <= now + 1e-12:
-            emission = scheduler.emit(scheduler.next_emit)
+            emission = stream.emit(scheduler.next_emit)
             run.emissions.append((now, emission))
             if on_emit:
                 on_emit(now, emission)

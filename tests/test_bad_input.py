@@ -176,6 +176,6 @@ async def test_bad_input_to_every_route_gets_a_clear_4xx_while_a_session_streams
     # the bystander streamed on through all of it: no failure, no stall, still open
     print(f"{len(table)} bad calls in {elapsed:.1f} s; the bystander received {received} frames, longest gap {gaps.max() * 1000:.0f} ms")
     assert not session.closed.is_set() or session.close_reason == "closed by the client"
-    assert session.scheduler.counts.failed == 0 and not session.fallbacks
+    assert session.pipeline.scheduler.counts.failed == 0 and not session.fallbacks
     # (loosely: on a 2-core machine shared with other work, frames come late now and then)
     assert received >= 10 * (elapsed + 1.0) and gaps.max() < 2.0

@@ -14,7 +14,7 @@ import pytest
 from benchmarks.synthetic_peer import PeerRun, run_peer
 from engines.registry import BackendRegistry
 from stream_server.options import SessionOptions
-from stream_server.session import CameraIn
+from stream_server.camera_in import CameraIn
 from tests.backends import FaultAfterBackend
 from tests.conftest import Live, StartServer
 
@@ -48,7 +48,7 @@ async def collect_events(live: Live, run: PeerRun, into: list[str], counts_at: d
                 if body["type"] == "event":
                     into.append(body["message"])
                     if counts_at is not None:
-                        counts_at[body["message"]] = dataclasses.replace(session.scheduler.counts)  # type: ignore[attr-defined]
+                        counts_at[body["message"]] = dataclasses.replace(session.pipeline.scheduler.counts)  # type: ignore[attr-defined]
                 elif body["type"] == "closed":
                     into.append(f"closed: {body['reason']}")
 
@@ -79,11 +79,11 @@ async def test_a_failing_backend_is_replaced_for_its_session_only(start_server: 
     # both are judged against the healthy session over the same time
     window = max(faulty.video_arrivals[0], healthy.video_arrivals[0]) + 3.0
     fps_faulty, fps_healthy = faulty.fps(since=window), healthy.fps(since=window)
-    counts, other = faulty_session.scheduler.counts, healthy_session.scheduler.counts  # type: ignore[attr-defined]
+    counts, other = faulty_session.pipeline.scheduler.counts, healthy_session.pipeline.scheduler.counts  # type: ignore[attr-defined]
     print(f"{mode}: received {fps_faulty:.1f} fps (faulty, after the switch) vs {fps_healthy:.1f} (healthy); "
           f"faulty {counts}, healthy {other}")
     assert fps_faulty >= 0.8 * fps_healthy and fps_healthy > 5
-    assert faulty_session.stats.backend == "passthrough"  # type: ignore[attr-defined]
+    assert faulty_session.ledger.stats.backend == "passthrough"  # type: ignore[attr-defined]
     sent = lambda c: c.generated + c.interpolated + c.repeated  # noqa: E731
     at_switch = counts_at[switched[0]]
     # (how many of them the fallback generates depends on the CPU left: judged loosely)
@@ -116,9 +116,9 @@ async def test_frames_after_the_switch_are_generated_by_the_fallback(start_serve
     peer = asyncio.create_task(run_peer(live.url, 4.0, {"backend": "faulty", "avatar": "astronaut", "width": 128, "height": 128}, run=run))
     session = await session_of(live, run)
     await peer
-    counts = session.scheduler.counts  # type: ignore[attr-defined]
+    counts = session.pipeline.scheduler.counts  # type: ignore[attr-defined]
     sent = counts.generated + counts.interpolated + counts.repeated
-    assert session.fallbacks[0]["to"] == "passthrough" and session.stats.backend == "passthrough"  # type: ignore[attr-defined]
+    assert session.fallbacks[0]["to"] == "passthrough" and session.ledger.stats.backend == "passthrough"  # type: ignore[attr-defined]
     # 25 frames from the faulty backend, then a few failures, then the fallback generates again
     assert counts.generated > 25 + 15 and sent > 50, counts
 

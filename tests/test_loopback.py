@@ -48,16 +48,16 @@ async def test_a_half_speed_backend_still_holds_25_fps_by_interpolating(live, tm
     keeper.cancel()
     fps = output_fps(received)
     (session,) = sessions
-    counts = session.scheduler.counts
-    print(f"fps {fps:.2f}, counts {counts}, delay {session.scheduler.config.delay_s * 1000:.0f} ms")
+    counts = session.pipeline.scheduler.counts
+    print(f"fps {fps:.2f}, counts {counts}, delay {session.pipeline.scheduler.config.delay_s * 1000:.0f} ms")
     assert 23.0 <= fps <= 27.0, f"output video at {fps:.1f} fps"
     sent = counts.generated + counts.interpolated + counts.repeated
     assert 0.35 <= counts.generated / sent <= 0.65  # about every other frame is generated
     assert counts.interpolated >= 0.6 * (sent - counts.generated)  # most of the rest interpolated
-    latency = np.asarray(session.stats.latency_s)
+    latency = np.asarray(session.ledger.stats.latency_s)
     # p95 within the delay + 50 ms; the max is allowed one more frame for a busy shared machine
-    assert len(latency) > 50 and np.percentile(latency, 95) < session.scheduler.config.delay_s + 0.05
-    assert latency.max() < session.scheduler.config.delay_s + 0.09
+    assert len(latency) > 50 and np.percentile(latency, 95) < session.pipeline.scheduler.config.delay_s + 0.05
+    assert latency.max() < session.pipeline.scheduler.config.delay_s + 0.09
 
     # every generated frame's stages add up to its latency less the lookahead
     live.server.trace.close()

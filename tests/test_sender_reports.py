@@ -9,7 +9,7 @@ import numpy as np
 
 from stream_server.audio_in import signed_ticks
 from stream_server.clock import MediaClock
-from stream_server.session import CameraIn
+from stream_server.camera_in import CameraIn
 
 
 def test_rtp_differences_cross_the_32_bit_wrap() -> None:
