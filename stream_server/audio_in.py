@@ -66,6 +66,8 @@ class RtpTicks:
 
 
 class AudioIn:
+    """The session's inbound audio on its media timeline: 48 kHz for playback, 16 kHz and log-mel for the backends."""
+
     def __init__(self, capacity_s: float = 12.0) -> None:
         self.pcm16k = SampleRing(int(capacity_s * FEATURE_RATE), np.float32)
         self.pcm48k = SampleRing(int(capacity_s * PLAYBACK_RATE), np.int16)

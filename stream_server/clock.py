@@ -27,6 +27,8 @@ SLEW_S = 0.001  # the most the origin moves per audio frame (50 ms per second of
 
 
 class MediaClock:
+    """Maps the media time of the inbound audio to wall time: the one clock both outgoing tracks are stamped from."""
+
     def __init__(self, window_s: float = 5.0) -> None:
         self.window_s = window_s
         self.origin: float | None = None  # wall time of media time 0

@@ -95,6 +95,8 @@ class Counts:
 
 @dataclass
 class FrameScheduler(Generic[Frame]):
+    """Which slots to generate and what to send at each deadline (the rules are in the module doc)."""
+
     config: SchedulerConfig
     backend_s: float  # initial estimate of the backend's time per job
     counts: Counts = field(default_factory=Counts)

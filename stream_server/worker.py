@@ -81,6 +81,8 @@ def _post(pending: _Pending, result: JobResult | None, error: BaseException | No
 
 
 class BackendWorker:
+    """The thread that runs one loaded backend for every session, in deadline-ordered batches."""
+
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
