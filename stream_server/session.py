@@ -32,10 +32,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from engines.base import Avatar, Backend, FrameJob
+from engines.images import fit_cover
 from stream_server import metrics
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn, RtpTicks
 from stream_server.clock import MediaClock
-from stream_server.frames import emission_image, fit_cover, video_frame_to_rgb
+from stream_server.frames import emission_image, video_frame_to_rgb
 from stream_server.options import CAMERA_SIZE, SessionOptions, camera_size
 from stream_server.scheduler import Emission, FrameKind, FrameScheduler, SchedulerConfig, budget_for
 from stream_server.sender_reports import SenderReports

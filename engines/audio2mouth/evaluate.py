@@ -18,7 +18,7 @@ import numpy as np
 
 from engines.audio2mouth import data
 from engines.audio2mouth.model import AudioToMouth, mel_windows
-from stream_server import features
+from engines import features
 
 MAX_LAG = 5
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engines import features
 from engines.audio2mouth import blend, data, evaluate
 from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, ensemble, mel_windows
-from stream_server import features
 
 LOSS_WEIGHTS = np.array([1.0, 0.3, 0.5], np.float32)  # open, width, closure
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from engines.face import FaceLandmarker, mouth_opening
-from stream_server.media_io import video_frames
+from engines.media_io import video_frames
 
 NOSE_BRIDGE = 6  # FaceMesh landmark between the eyes: "above the nose" is above this row + margin
 NOSE_TIP = 1
