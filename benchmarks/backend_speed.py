@@ -23,11 +23,11 @@ import numpy as np  # noqa: E402
 
 from benchmarks.results_io import ROOT, save  # noqa: E402
 from engines.base import FrameJob  # noqa: E402
+from engines.images import fit_cover, read_image  # noqa: E402
+from engines.media_io import load_audio, video_frames  # noqa: E402
 from engines.registry import BackendRegistry  # noqa: E402
 from stream_server.audio_in import AudioIn  # noqa: E402
-from stream_server.avatars import BUNDLED, read_image  # noqa: E402
-from stream_server.frames import fit_cover  # noqa: E402
-from stream_server.media_io import load_audio, video_frames  # noqa: E402
+from stream_server.avatars import BUNDLED  # noqa: E402
 from stream_server.render import audio_frames  # noqa: E402
 
 TESTDATA = ROOT.parent / "shared" / "testdata"
@@ -36,7 +36,7 @@ SIZE = 512
 
 
 def timings(backend_name: str, frames: int) -> dict[str, dict[str, float]]:
-    backend = BackendRegistry().get(backend_name)
+    backend = BackendRegistry(BUNDLED["astronaut"]).get(backend_name)
     audio = AudioIn(capacity_s=60.0)
     for n, frame in enumerate(audio_frames(load_audio(CLIP, 48000))):
         audio.push(frame, arrival=n * 0.02)

@@ -30,7 +30,7 @@ from benchmarks.proc_usage import UsageSampler
 from benchmarks.report import LATENCY_MARGIN_MS
 from benchmarks.results_io import ROOT, save
 from benchmarks.stress import fps_windows
-from stream_server.media_io import load_audio
+from engines.media_io import load_audio
 
 SPEECH = ROOT.parent / "shared" / "testdata" / "audio" / "musetalk_eng.wav"
 SKIP_S = 3.0

@@ -26,7 +26,7 @@ from benchmarks.peer import BLOCK, av_offsets, loop_clip, stream_clip
 from benchmarks.proc_usage import UsageSampler
 from benchmarks.results_io import ROOT, save
 from benchmarks.stress import fps_windows, read_trace, trend_ms_per_min
-from stream_server.media_io import video_fps
+from engines.media_io import video_fps
 
 
 async def measure(backend: str, minutes: float) -> dict[str, Any]:

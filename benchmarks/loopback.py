@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks.live import free_port, pct, start_server, stop_server, watch_stats
 from benchmarks.results_io import ROOT, save
 from benchmarks.peer import av_offsets, loop_clip, output_fps, stream_clip
-from stream_server.media_io import video_fps
+from engines.media_io import video_fps
 
 CLIP = ROOT.parent / "shared" / "testdata" / "video" / "pcavs_vox2_00086.mp4"
 

@@ -116,7 +116,7 @@ async def run_netfaults(url: str, clean_s: float, fault_s: float, after_s: float
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     end = time.monotonic()
-    from stream_server.media_io import video_fps
+    from engines.media_io import video_fps
 
     offsets = av_offsets_timed(received, clip, video_fps(clip))
     skew = sender_skew(received, video_fps(clip))

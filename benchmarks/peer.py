@@ -22,7 +22,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtcpSrPacket
 
-from stream_server.media_io import load_audio
+from engines.media_io import load_audio
 
 CODE_BITS = 14  # frame numbers up to 16383: 10.9 min at 25 fps
 BLOCK = 16  # marker block side in pixels (14 blocks fit a 224-pixel frame)

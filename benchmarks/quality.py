@@ -30,10 +30,10 @@ import av
 import cv2
 import numpy as np
 
-from benchmarks.lipsync_measures import agreement, at_times, identity_ssim, mouth_track, smooth3
 from benchmarks.results_io import RESULTS, ROOT, save
 from engines.face import FaceLandmarker
-from stream_server.media_io import video_fps, video_frames
+from engines.lipsync_measures import agreement, at_times, identity_ssim, mouth_track, smooth3
+from engines.media_io import video_fps, video_frames
 from stream_server.render import render
 
 VIDEOS = ROOT.parent / "shared" / "testdata" / "video"

@@ -18,7 +18,7 @@ def machine() -> dict[str, Any]:
     import aiortc
     import av
 
-    from stream_server.doctor import cpu_model
+    from engines.machine import cpu_model
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {

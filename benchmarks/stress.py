@@ -32,7 +32,7 @@ from benchmarks.live import free_port, pct, start_server, stop_server, watch_sta
 from benchmarks.loopback import CLIP
 from benchmarks.peer import Received, av_offsets, loop_clip, stream_clip
 from benchmarks.results_io import save
-from stream_server.media_io import video_fps
+from engines.media_io import video_fps
 from stream_server.scheduler import FrameKind, FrameScheduler, SchedulerConfig, budget_for
 from stream_server.simulate import simulate
 

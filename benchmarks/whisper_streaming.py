@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.results_io import ROOT, save
+from engines.media_io import load_audio
 from engines.musetalk.offline import compare, offline_features, streaming_features
 from engines.musetalk.weights import find_layout, load_whisper_encoder
-from stream_server.media_io import load_audio
 
 CLIP = ROOT.parent / "shared" / "testdata" / "audio" / "musetalk_eng.wav"
 

@@ -3,8 +3,9 @@
 Backends are tried in order of how they look (``PREFERENCE``: MuseTalk's generated mouth over
 ``mesh``'s warp; ``passthrough`` does no lip-sync and is never chosen). Whether one holds the
 frame rate is measured, not looked up: the registry's calibration (``measure_fps``: generate()
-in camera mode on the bundled portrait) must reach ``HEADROOM`` times the frame rate, since
-encoding, audio and the event loop need the rest of the machine. A measurement is cached per
+in camera mode on the registry's calibration portrait, which the server gives as its bundled one)
+must reach ``HEADROOM`` times the frame rate, since encoding, audio and the event loop need the
+rest of the machine. A measurement is cached per
 backend code, model files and machine (CPU, cores, GPUs, ONNX Runtime providers) in
 ``$XDG_CACHE_HOME/lipsync-stream/calibration.json``, so later starts need not load a backend
 only to find it too slow. If none holds the rate, the fastest is chosen and the reason says so.
@@ -60,7 +61,7 @@ def cache_path() -> Path:
 def machine_key() -> str:
     """What a backend's speed depends on besides its own code and files."""
     from engines.runtime.providers import available_providers
-    from stream_server.doctor import cpu_model, gpus
+    from engines.machine import cpu_model, gpus
 
     cpu = cpu_model() or platform.processor() or platform.machine()
     gpu_names = ",".join(gpu["name"] for gpu in gpus()[0])

@@ -11,10 +11,14 @@ import importlib
 import logging
 import threading
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from engines.base import AudioWindow, Backend, BackendError, BackendInfo, FrameJob, describe
+from engines.features import SILENCE
+from engines.images import fit_cover, read_image
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +44,16 @@ def backend_class(name: str) -> type[Backend]:
 
 
 class BackendRegistry:
-    """Loads each backend at most once and remembers why one is unavailable."""
+    """Loads each backend at most once and remembers why one is unavailable.
 
-    def __init__(self) -> None:
+    ``calibration_portrait`` is the image file every backend is calibrated on when it loads
+    (:func:`measure_fps`). It is an argument with no default because the portrait belongs to
+    whoever uses the registry (the server passes its bundled avatar), not to ``engines``, and a
+    calibration without a real face to find would measure a cheaper path than camera mode.
+    """
+
+    def __init__(self, calibration_portrait: Path) -> None:
+        self.calibration_portrait = calibration_portrait
         self._loaded: dict[str, Backend] = {}
         self._typical_fps: dict[str, float] = {}
         self._errors: dict[str, str] = {}
@@ -80,7 +91,7 @@ class BackendRegistry:
                 started = time.perf_counter()
                 backend.load()
                 log.info("loaded backend %s in %.1f s", name, time.perf_counter() - started)
-                self._typical_fps[name] = measure_fps(backend)
+                self._typical_fps[name] = measure_fps(backend, self.calibration_portrait)
             except Exception as exc:
                 self._errors[name] = f"failed to load: {exc}"
                 if isinstance(exc, BackendError):  # a clear message written for the user: no traceback
@@ -105,17 +116,11 @@ class BackendRegistry:
         return list(self._loaded.values())
 
 
-def measure_fps(backend: Backend, size: tuple[int, int] = (512, 512), frames: int = 8) -> float:
+def measure_fps(backend: Backend, portrait: Path, size: tuple[int, int] = (512, 512), frames: int = 8) -> float:
     """Frames per second of ``generate`` on this machine, in camera mode (the dearer one: a
-    face to find in every frame) on the bundled portrait, with silence."""
-    import cv2
-
-    from stream_server.avatars import BUNDLED, read_image
-    from stream_server.features import SILENCE
-    from stream_server.frames import fit_cover
-
+    face to find in every frame) on the ``portrait`` image file, with silence."""
     height, width = size
-    face = np.ascontiguousarray(fit_cover(read_image(BUNDLED["astronaut"]), width, height))
+    face = np.ascontiguousarray(fit_cover(read_image(portrait), width, height))
     avatar = backend.prepare_avatar("calibration", None)
     window = AudioWindow(
         0.0, backend.context_s, backend.lookahead_s,

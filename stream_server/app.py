@@ -14,12 +14,13 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCSessionDescription
 
 from engines.auto import AutoChoice, choose_backend
+from engines import features
 from engines.base import Avatar, AvatarError
+from engines.images import fit_cover
 from engines.registry import BackendRegistry
-from stream_server import features, metrics, whip
-from stream_server.avatars import AvatarLibrary
+from stream_server import metrics, whip
+from stream_server.avatars import BUNDLED, AvatarLibrary
 from stream_server.config import FPS_CHOICES, Settings
-from stream_server.frames import fit_cover
 from stream_server.loop_lag import LoopLag
 from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.security import cors_middleware, token_middleware
@@ -55,7 +56,7 @@ class Server:
     def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
         self.settings = settings
         self.avatars = AvatarLibrary(settings.avatar_files, settings.max_uploads)
-        self.registry = registry or BackendRegistry()
+        self.registry = registry or BackendRegistry(BUNDLED["astronaut"])
         self.sessions: dict[str, Session] = {}
         self._opening = 0  # offers being answered (counted against max_sessions)
         self._workers: dict[str, BackendWorker] = {}

@@ -23,8 +23,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from engines import features
 from engines.base import AudioWindow
-from stream_server import features
 from stream_server.ring_buffer import SampleRing
 
 PLAYBACK_RATE = 48000

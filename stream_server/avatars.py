@@ -9,31 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.images import read_image
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 CAMERA = "camera"
 BUNDLED = {"astronaut": ASSETS / "astronaut.jpg"}
-MAX_SIDE = 1920  # larger images are scaled down when loaded
 THUMBNAIL_SIDE = 160
-
-
-class AvatarFileError(ValueError):
-    """An avatar image that cannot be read; the message says which file and why."""
-
-
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 image from a file, scaled down to at most MAX_SIDE, with even sides."""
-    if not path.is_file():
-        raise AvatarFileError(f"avatar image {path} does not exist")
-    data = np.fromfile(str(path), np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise AvatarFileError(f"{path} is not an image OpenCV can read (use a JPEG or PNG)")
-    height, width = bgr.shape[:2]
-    scale = min(1.0, MAX_SIDE / max(height, width))
-    size = (max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2))
-    if size != (width, height):
-        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 @dataclass(frozen=True)

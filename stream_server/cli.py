@@ -115,7 +115,7 @@ def export_command(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from stream_server.avatars import AvatarFileError
+    from engines.images import AvatarFileError
     from stream_server.config import Settings
 
     overrides = {
@@ -222,7 +222,7 @@ async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined
 
 
 def render_command(args: argparse.Namespace) -> int:
-    from stream_server.avatars import AvatarFileError
+    from engines.images import AvatarFileError
     from stream_server.render import RenderError, render
 
     size = None

@@ -8,46 +8,9 @@ are published).
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-
-def cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (None where there is no such file or line)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-
-
-def gpus() -> tuple[list[dict[str, Any]], str]:
-    """NVIDIA GPUs from nvidia-smi, and a note when there are none."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return [], "no NVIDIA GPU found (nvidia-smi is not on PATH): neural backends run on CPU only, far from real time"
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,memory.total,memory.used,driver_version", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        return [], f"nvidia-smi failed: {exc}"
-    found = []
-    for line in out.strip().splitlines():
-        name, total, used, driver = [part.strip() for part in line.split(",")]
-        found.append({"name": name, "memory_total_mib": int(float(total)), "memory_used_mib": int(float(used)), "driver": driver})
-    return found, "" if found else "nvidia-smi lists no GPU"
-
-
-def tensorrt_version() -> str | None:
-    try:
-        import tensorrt  # type: ignore[import-not-found]
-    except Exception:
-        return None
-    return str(tensorrt.__version__)
+from engines.machine import gpus, tensorrt_version
 
 
 def report() -> dict[str, Any]:
@@ -55,6 +18,7 @@ def report() -> dict[str, Any]:
     from engines.musetalk.weights import PUBLISHED, find_layout
     from engines.registry import BackendRegistry
     from engines.runtime.providers import PROVIDER_ENV, ProviderChoiceError, available_providers, onnxruntime_version, select_providers
+    from stream_server.avatars import BUNDLED
 
     try:
         chosen: str | list[str] = select_providers()
@@ -75,7 +39,7 @@ def report() -> dict[str, Any]:
         "onnx": {name: (onnx_dir(layout) / name).is_file() for name in FILES},
         "face_parse_onnx": (onnx_dir(layout) / FACE_PARSE).is_file(),  # optional: the BiSeNet mask
     }
-    registry = BackendRegistry()
+    registry = BackendRegistry(BUNDLED["astronaut"])
     return {
         "onnxruntime": onnxruntime_version(),
         "providers": available_providers(),

@@ -8,23 +8,8 @@ import av
 import cv2
 import numpy as np
 
+from engines.images import fit_cover
 from stream_server.scheduler import Emission, FrameKind
-
-
-def fit_cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Scale ``image`` to cover width x height and crop the centre (no bars, no distortion)."""
-    h, w = image.shape[:2]
-    if (w, h) == (width, height):
-        return image
-    scale = max(width / w, height / h)
-    resized = cv2.resize(
-        image,
-        (max(width, round(w * scale)), max(height, round(h * scale))),
-        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-    )
-    top = (resized.shape[0] - height) // 2
-    left = (resized.shape[1] - width) // 2
-    return resized[top : top + height, left : left + width]
 
 
 def video_frame_to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:

@@ -24,10 +24,11 @@ import cv2
 import numpy as np
 
 from engines.base import Avatar, Backend, FrameJob
+from engines.images import fit_cover
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.camera_in import CameraFrames, CameraIn
 from stream_server.clock import MediaClock
-from stream_server.frames import emission_image, fit_cover
+from stream_server.frames import emission_image
 from stream_server.ledger import FrameLedger
 from stream_server.options import CAMERA_SIZE, camera_size
 from stream_server.scheduler import Emission, FrameScheduler, SchedulerConfig, budget_for

@@ -21,11 +21,11 @@ import av
 import numpy as np
 
 from engines.auto import AUTO, choose_backend
+from engines.images import fit_cover, read_image
+from engines.media_io import load_audio
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
-from stream_server.avatars import BUNDLED, read_image
-from stream_server.frames import fit_cover
-from stream_server.media_io import load_audio
+from stream_server.avatars import BUNDLED
 from stream_server.pipeline import Generation, MakeFrame, Portrait, StreamPipeline, expected_backend_s
 from stream_server.scheduler import MIN_BUDGET_S, Emission
 from stream_server.simulate import simulate
@@ -124,7 +124,7 @@ def render(
     progress: bool = True,
 ) -> RenderResult:
     started = time.perf_counter()
-    registry = registry or BackendRegistry()
+    registry = registry or BackendRegistry(BUNDLED["astronaut"])
     if timing not in ("ideal", "realtime"):
         raise RenderError("timing must be 'ideal' or 'realtime'")
     if not audio.is_file():

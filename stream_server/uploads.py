@@ -10,7 +10,7 @@ import warnings
 import cv2
 import numpy as np
 
-from stream_server.avatars import MAX_SIDE
+from engines.images import MAX_SIDE
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream_server.media_io import load_audio, video_fps, video_frames  # noqa: F401  (re-exported)
+from engines.media_io import load_audio, video_fps, video_frames  # noqa: F401  (re-exported)
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 

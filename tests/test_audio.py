@@ -9,7 +9,7 @@ import librosa
 import numpy as np
 import pytest
 
-from stream_server import features
+from engines import features
 from stream_server.audio_in import AudioIn
 from stream_server.ring_buffer import SampleRing
 from tests.media import load_audio, shared_media

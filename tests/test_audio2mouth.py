@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines import features
 from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, mel_windows
-from stream_server import features
-from stream_server.media_io import load_audio
+from engines.media_io import load_audio
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "audio" / "musetalk_eng.wav"
 FIXTURE = DEFAULT_WEIGHTS.with_name("fixture_bilabial.npz")

@@ -10,6 +10,7 @@ import pytest
 
 from engines.auto import CalibrationCache, choose_backend
 from engines.registry import BackendRegistry
+from stream_server.avatars import BUNDLED
 from tests.conftest import StartServer
 
 
@@ -20,7 +21,7 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_without_musetalk_files_auto_measures_mesh_and_caches_the_figure(own_cache: Path) -> None:
-    choice = choose_backend(BackendRegistry(), fps=25)
+    choice = choose_backend(BackendRegistry(BUNDLED["astronaut"]), fps=25)
     assert choice.backend == "mesh"
     musetalk, mesh = choice.candidates
     assert musetalk.backend == "musetalk" and not musetalk.available and "weights missing" in musetalk.note
@@ -29,14 +30,14 @@ def test_without_musetalk_files_auto_measures_mesh_and_caches_the_figure(own_cac
     assert [entry["fps"] for entry in json.loads(own_cache.read_text()).values()] == [mesh.fps]
 
     # the next start recalls the figure without loading the backend
-    registry = BackendRegistry()
+    registry = BackendRegistry(BUNDLED["astronaut"])
     again = choose_backend(registry, fps=25)
     assert again.backend == "mesh" and again.candidates[1].cached and again.candidates[1].fps == mesh.fps
     assert registry.loaded() == []
 
 
 def test_when_nothing_holds_the_rate_the_fastest_is_chosen_and_the_reason_says_so() -> None:
-    choice = choose_backend(BackendRegistry(), fps=1000)
+    choice = choose_backend(BackendRegistry(BUNDLED["astronaut"]), fps=1000)
     assert choice.backend == "mesh"
     assert choice.reason.startswith("no backend holds 1000 fps here") and "expect repeated frames" in choice.reason
 
@@ -45,7 +46,7 @@ def test_a_corrupt_cache_is_measured_again(own_cache: Path) -> None:
     own_cache.parent.mkdir(parents=True)
     own_cache.write_text("{not json")
     assert CalibrationCache().get("anything") is None
-    choice = choose_backend(BackendRegistry(), fps=25)
+    choice = choose_backend(BackendRegistry(BUNDLED["astronaut"]), fps=25)
     assert not choice.candidates[1].cached and json.loads(own_cache.read_text())
 
 

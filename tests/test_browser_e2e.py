@@ -380,7 +380,7 @@ def test_viewer_page_plays_a_whip_channel(browser, server):
     import aiohttp
 
     from benchmarks.peer import ArrayMicrophone, whip_publish
-    from stream_server.media_io import load_audio
+    from engines.media_io import load_audio
     from tests.media import shared_media
 
     speech = load_audio(shared_media("audio", "musetalk_eng.wav"), 48000)[: 48000 * 20]

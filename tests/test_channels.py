@@ -15,8 +15,8 @@ from aiortc.contrib.media import MediaPlayer
 from benchmarks.peer import (
     PacedAudio, Received, StampedVideo, av_offsets, loop_clip, output_fps, read_stamp, whep_play, whip_publish,
 )
+from engines.media_io import load_audio
 from stream_server.channels import ChannelTimeline
-from stream_server.media_io import load_audio
 from tests.conftest import StartServer
 from tests.media import shared_media, video_fps
 

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.synthetic_peer import PeerRun, run_peer
 from engines.registry import BackendRegistry
+from stream_server.avatars import BUNDLED
 from stream_server.options import SessionOptions
 from stream_server.camera_in import CameraIn
 from tests.backends import FaultAfterBackend
@@ -148,7 +149,7 @@ async def test_a_backend_that_fails_to_load_is_listed_unavailable_with_the_reaso
 
 
 def test_a_hung_backend_is_marked_unavailable_in_the_registry() -> None:
-    registry = BackendRegistry()
+    registry = BackendRegistry(BUNDLED["astronaut"])
     registry.mark_failed("passthrough", "hung: generate() did not return within 3 s")
     assert registry.unavailable_reason("passthrough").startswith("hung")
     assert registry.info("passthrough").available is False

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from benchmarks.lipsync_measures import mouth_track
 from engines.base import AudioWindow, AvatarError, FrameJob
 from engines.face import FaceLandmarker, mouth_opening
+from engines.features import SILENCE
+from engines.images import fit_cover, read_image
+from engines.lipsync_measures import mouth_track
 from engines.mesh.backend import MeshBackend
 from stream_server.app import create_app
-from stream_server.avatars import BUNDLED, read_image
+from stream_server.avatars import BUNDLED
 from stream_server.config import Settings
-from stream_server.frames import fit_cover
 from stream_server.render import render
 from tests.media import shared_media, video_frames
 
@@ -43,8 +44,6 @@ def no_face(tmp_path: Path) -> Path:
 
 def silent_window(backend: MeshBackend) -> AudioWindow:
     frames = round((backend.context_s + backend.lookahead_s) * 100)
-    from stream_server.features import SILENCE
-
     return AudioWindow(0.0, backend.context_s, backend.lookahead_s, np.zeros(int(frames * 160), np.float32), np.full((frames, 80), SILENCE, np.float32))
 
 

@@ -20,9 +20,9 @@ pytest.importorskip("transformers")
 from engines.base import AudioWindow, FrameJob  # noqa: E402
 from engines.musetalk.export import FILES, TOLERANCE  # noqa: E402
 from engines.musetalk.tiny import write_tiny_set  # noqa: E402
+from engines.images import fit_cover, read_image  # noqa: E402
 from engines.registry import BackendRegistry  # noqa: E402
-from stream_server.avatars import BUNDLED, read_image  # noqa: E402
-from stream_server.frames import fit_cover  # noqa: E402
+from stream_server.avatars import BUNDLED  # noqa: E402
 from tests.cli_runs import cli, render_musetalk_second  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_export_of_a_broken_set_names_the_file(tmp_path: Path) -> None:
 def test_backend_lip_syncs_the_lower_face_only(exported: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
     models, _ = exported
     monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(models))
-    registry = BackendRegistry()
+    registry = BackendRegistry(BUNDLED["astronaut"])
     assert registry.info("musetalk").available, registry.info("musetalk").reason
     backend = registry.get("musetalk")
     assert registry.info("musetalk").typical_fps > 0
@@ -121,7 +121,7 @@ def test_a_corrupt_exported_model_takes_only_musetalk_out(exported: tuple[Path, 
     shutil.copytree(models, copy)
     (copy / "musetalk-onnx" / "unet.onnx").write_bytes(b"\0" * 100)
     monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(copy))
-    registry = BackendRegistry()
+    registry = BackendRegistry(BUNDLED["astronaut"])
     with pytest.raises(RuntimeError, match="unet.onnx: ONNX Runtime cannot load it"):
         registry.get("musetalk")
     info = registry.info("musetalk")
@@ -132,7 +132,7 @@ def test_a_corrupt_exported_model_takes_only_musetalk_out(exported: tuple[Path, 
 def test_camera_mode_prepares_each_frame_and_counts_frames_without_a_face(exported: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
     models, _ = exported
     monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(models))
-    registry = BackendRegistry()
+    registry = BackendRegistry(BUNDLED["astronaut"])
     backend = registry.get("musetalk")
     camera = backend.prepare_avatar("camera", None)
     face = np.ascontiguousarray(fit_cover(read_image(BUNDLED["astronaut"]), 256, 256))
@@ -157,7 +157,7 @@ def test_backend_on_onnx_runtime_equals_the_pytorch_pipeline(exported: tuple[Pat
 
     models, _ = exported
     monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(models))
-    backend = BackendRegistry().get("musetalk")
+    backend = BackendRegistry(BUNDLED["astronaut"]).get("musetalk")
     portrait = np.ascontiguousarray(fit_cover(read_image(BUNDLED["astronaut"]), 256, 256))
     avatar = backend.prepare_avatar("astronaut", portrait)
     pcm = (np.random.default_rng(1).standard_normal(19200) * 0.2).astype(np.float32)
@@ -191,9 +191,10 @@ def test_serving_needs_no_pytorch(exported: tuple[Path, str]) -> None:
         "sys.meta_path.insert(0, NoTorch())\n"
         "import numpy as np\n"
         "from engines.base import AudioWindow, FrameJob\n"
+        "from engines.images import read_image\n"
         "from engines.registry import BackendRegistry\n"
-        "from stream_server.avatars import BUNDLED, read_image\n"
-        "backend = BackendRegistry().get('musetalk')\n"
+        "from stream_server.avatars import BUNDLED\n"
+        "backend = BackendRegistry(BUNDLED['astronaut']).get('musetalk')\n"
         "image = np.ascontiguousarray(read_image(BUNDLED['astronaut'])[::2, ::2])\n"
         "avatar = backend.prepare_avatar('a', image)\n"
         "w = AudioWindow(1.0, 0.8, 0.2, np.ones(16000, np.float32) * 0.1, np.zeros((100, 80), np.float32))\n"

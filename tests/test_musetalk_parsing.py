@@ -152,8 +152,9 @@ def test_export_fails_on_a_broken_parser_before_the_long_exports(parse_set: tupl
 
 
 def test_exported_labels_agree_with_pytorch(parse_set: tuple[Path, str]) -> None:
+    from engines.images import read_image
     from engines.runtime.session import ModelSession
-    from stream_server.avatars import BUNDLED, read_image
+    from stream_server.avatars import BUNDLED
 
     models, stdout = parse_set
     report = json.loads((models / "musetalk-onnx" / "export.json").read_text())
@@ -183,12 +184,12 @@ def test_portraits_use_the_bisenet_mask_and_the_camera_the_facemesh_one(
     from engines.face import FaceLandmarker
     from engines.musetalk.face import face_crop
     from engines.registry import BackendRegistry
-    from stream_server.avatars import BUNDLED, read_image
-    from stream_server.frames import fit_cover
+    from engines.images import fit_cover, read_image
+    from stream_server.avatars import BUNDLED
 
     models, _ = parse_set
     monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(models))
-    backend = BackendRegistry().get("musetalk")
+    backend = BackendRegistry(BUNDLED["astronaut"]).get("musetalk")
     assert backend.parses_faces
     portrait = np.ascontiguousarray(fit_cover(read_image(BUNDLED["astronaut"]), 256, 256))
     avatar = backend.prepare_avatar("astronaut", portrait)

@@ -17,8 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from engines.audio2mouth import data, evaluate
+from engines.audio2mouth import data
 from engines.audio2mouth.model import AudioToMouth, normalise, ridge_features
+from engines.audio2mouth.scores import clip_windows, model_scores
+from engines.lipsync_measures import pearson, smooth3
 
 # (frames, bin pool, frame pool): the last 0.2 / 0.3 / 0.4 s (0.1 s of it lookahead), 10 or 5 bands
 RIDGE_SHAPES = [(f, p, t) for f in (20, 30, 40) for p in (8, 16) for t in (2, 5)]
@@ -35,7 +37,7 @@ class _Clips:
 
     def __init__(self, net: AudioToMouth, clips: list[data.Clip]) -> None:
         self.clips = clips
-        windows = [evaluate.clip_windows(c, net.context_s, net.lookahead_s) for c in clips]
+        windows = [clip_windows(c, net.context_s, net.lookahead_s) for c in clips]
         self.y = [np.nan_to_num(c.opening).astype(np.float64) for c in clips]
         self.net = [net.predict_batch(w)[:, 0].astype(np.float64) for w in windows]
         self.level = [normalise(w, net.config)[1][:, 0] for w in windows]
@@ -56,8 +58,9 @@ def _fit(stats: list, idx: list[int], alpha: float) -> tuple[np.ndarray, float]:
     return coef, float(my - mx @ coef)
 
 
-def _r(real: np.ndarray, pred: np.ndarray) -> float:
-    return evaluate.pearson(evaluate.smooth3(real), evaluate.smooth3(pred))
+def _r(pred: np.ndarray, real: np.ndarray) -> float:
+    """Agreement r at lag 0 (:func:`engines.lipsync_measures.agreement`'s first figure)."""
+    return pearson(smooth3(pred), smooth3(real))
 
 
 def _fit_on(net: AudioToMouth, cd: _Clips, idx: list[int]) -> tuple[AudioToMouth, dict]:
@@ -71,7 +74,7 @@ def _fit_on(net: AudioToMouth, cd: _Clips, idx: list[int]) -> tuple[AudioToMouth
             sr = np.std(np.concatenate(list(oof.values())))
             sn = np.std(np.concatenate([cd.net[j] for j in idx]))
             for w in NET_WEIGHTS:
-                score = np.mean([_r(cd.clips[j].opening, w * cd.net[j] / sn + (1 - w) * oof[j] / sr) for j in idx])
+                score = np.mean([_r(w * cd.net[j] / sn + (1 - w) * oof[j] / sr, cd.clips[j].opening) for j in idx])
                 if best is None or score > best[0]:
                     best = (score, shape, alpha, w, sn / sr)
     score, shape, alpha, w, scale = best
@@ -101,7 +104,7 @@ def nested_loco(net: AudioToMouth, clips: list[data.Clip], log=print) -> tuple[d
     results, choices = {}, []
     for i, clip in enumerate(clips):
         model, choice = _fit_on(net, cd, [j for j in range(len(clips)) if j != i])
-        results.update(evaluate.model_scores(model, [clip]))
+        results.update(model_scores(model, [clip]))
         choices.append({"held_out": clip.name, **{k: v for k, v in choice.items() if k != "clips"}})
         log(f"  held out {clip.name}: shape {choice['ridge_shape']} alpha {choice['alpha']:g} "
             f"net weight {choice['net_weight']} -> r0 {results[clip.name][0]:+.3f}")

@@ -13,7 +13,7 @@ Two sources:
   track FaceMesh measures on each frame, with the clip's own audio as input.
 
 Every waveform is augmented for real microphones (gain, noise, reverberation, colouring, speed)
-before the server's own log-mel (:class:`stream_server.features.LogMel`) is computed on it, so
+before the server's own log-mel (:class:`engines.features.LogMel`) is computed on it, so
 training sees exactly the features the server computes.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_server import features
+from engines import features
 
 SR = features.SAMPLE_RATE
 
@@ -437,8 +437,8 @@ class Clip:
 
 def real_clips(video_dir: Path = VIDEO_DIR, cache: Path | None = None, log=print) -> list[Clip]:
     """Mouth tracks of every clip with audio in ``video_dir`` (cached as .npz in ``cache``, if given)."""
+    from engines import media_io
     from engines.face import MOUTH_CORNERS, FaceLandmarker, face_scale, mouth_opening
-    from stream_server import media_io
 
     paths = sorted(p for p in video_dir.glob("*.mp4"))
     if not paths:

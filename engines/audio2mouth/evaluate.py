@@ -1,8 +1,8 @@
 """Mouth-motion agreement (DESIGN.md) of audio-only predictors on the real clips.
 
-Per clip: the FaceMesh inner-lip opening per video frame against the predicted ``open`` per
-frame, both smoothed with a 3-frame moving average; Pearson r at lag 0, and the lag within
-+-5 frames with the best r (positive lag: the prediction comes *late*).
+Per clip: the predicted ``open`` per video frame against the FaceMesh inner-lip opening, scored by
+:func:`engines.lipsync_measures.agreement` (both smoothed with a 3-frame moving average; Pearson r
+at lag 0, and the lag within +-5 frames with the best r; positive lag: the prediction comes *late*).
 
     python -m engines.audio2mouth.evaluate            # baselines, the committed network alone, and the
                                                       # committed method (network + ridge blend) scored
@@ -16,67 +16,24 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio2mouth import data
-from engines.audio2mouth.model import AudioToMouth, mel_windows
-from stream_server import features
-
-MAX_LAG = 5
-
-
-def smooth3(x: np.ndarray) -> np.ndarray:
-    padded = np.pad(np.asarray(x, np.float64), 1, mode="edge")
-    return (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
+from engines.audio2mouth import blend, data
+from engines.audio2mouth.model import AudioToMouth
+from engines.audio2mouth.scores import Scores, clip_windows, model_scores, summarise
+from engines.lipsync_measures import agreement
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
-
-
-def agreement(real: np.ndarray, predicted: np.ndarray) -> tuple[float, int, float]:
-    """(r at lag 0, best lag in frames, r at the best lag)."""
-    r, p = smooth3(real), smooth3(predicted)
-    best_lag, best_r = 0, -2.0
-    for lag in range(-MAX_LAG, MAX_LAG + 1):
-        # lag > 0: prediction[t + lag] matches real[t], i.e. the prediction is late
-        if lag >= 0:
-            value = pearson(r[: len(r) - lag], p[lag:])
-        else:
-            value = pearson(r[-lag:], p[: len(p) + lag])
-        if value > best_r:
-            best_lag, best_r = lag, value
-    return pearson(r, p), best_lag, best_r
-
-
-def clip_windows(clip: data.Clip, context_s: float, lookahead_s: float) -> np.ndarray:
-    mel = features.LogMel().frames(clip.pcm)
-    return mel_windows(mel, clip.times, context_s, lookahead_s)
-
-
-def summarise(name: str, results: dict[str, tuple[float, int, float]], log=print) -> dict:
-    r0 = np.mean([v[0] for v in results.values()])
-    lag = np.mean([v[1] for v in results.values()])
-    log(f"{name}: mean r(lag 0) = {r0:.3f}, mean best lag = {lag:+.2f} frames")
-    for clip, (r, l, rb) in results.items():
-        log(f"    {clip:32s} r0={r:+.3f} best lag={l:+d} (r={rb:+.3f})")
-    return {"mean_r": float(r0), "mean_best_lag": float(lag),
-            "clips": {k: {"r": v[0], "best_lag": v[1], "r_best": v[2]} for k, v in results.items()}}
-
-
-def loudness_baseline(clips: list[data.Clip]) -> dict[str, tuple[float, int, float]]:
+def loudness_baseline(clips: list[data.Clip]) -> Scores:
     """Log energy of the mel frames in a 40 ms window centred on each video frame."""
     out = {}
     for clip in clips:
         w = clip_windows(clip, 0.02, 0.02)
         energy = np.log(np.exp(w.astype(np.float64)).sum(axis=2).mean(axis=1) + 1e-10)
-        out[clip.name] = agreement(clip.opening, energy)
+        out[clip.name] = agreement(energy, clip.opening)
     return out
 
 
 def ridge_baseline(clips: list[data.Clip], context_s: float = 0.1, lookahead_s: float = 0.1,
-                   alpha: float = 1000.0) -> dict[str, tuple[float, int, float]]:
+                   alpha: float = 1000.0) -> Scores:
     """Linear model on per-window-normalised mel windows, trained on the other clips (leave one out)."""
     xs, ys = [], []
     for clip in clips:
@@ -95,15 +52,7 @@ def ridge_baseline(clips: list[data.Clip], context_s: float = 0.1, lookahead_s: 
         xn = (x - mu) / sd
         coef = np.linalg.solve(xn.T @ xn + alpha * np.eye(xn.shape[1]), xn.T @ (y - y.mean()))
         pred = ((xs[i] - mu) / sd) @ coef
-        out[clip.name] = agreement(clip.opening, pred)
-    return out
-
-
-def model_scores(model: AudioToMouth, clips: list[data.Clip]) -> dict[str, tuple[float, int, float]]:
-    out = {}
-    for clip in clips:
-        pred = model.predict_batch(clip_windows(clip, model.context_s, model.lookahead_s))[:, 0]
-        out[clip.name] = agreement(clip.opening, pred)
+        out[clip.name] = agreement(pred, clip.opening)
     return out
 
 
@@ -115,8 +64,6 @@ def main() -> None:
     clips = data.real_clips(cache=args.cache)
     summarise("loudness", loudness_baseline(clips))
     summarise("ridge on mel windows (leave one clip out)", ridge_baseline(clips))
-    from engines.audio2mouth import blend
-
     model = AudioToMouth.load(args.weights)
     net = blend.network_only(model)
     summarise("committed network alone (synthetic speech only: these clips are held out)", model_scores(net, clips))

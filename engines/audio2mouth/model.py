@@ -3,7 +3,7 @@
 Numpy-only inference (no torch at run time). The weights file ``weights.npz`` beside this module
 holds float32 arrays and a JSON ``config`` string; ``train.py`` regenerates it.
 
-Input: the server's log-mel frames (``stream_server.features``) whose centres lie in
+Input: the server's log-mel frames (``engines.features``) whose centres lie in
 [t - context_s, t + lookahead_s). Each window is normalised on its own (level-invariant): the
 window's maximum log-mel value (over the whole context, so that a pause after speech stays
 quiet relative to the speech before it) is subtracted, the result clipped ``floor`` below it and
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_server import features
+from engines import features
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights.npz")
 LAYERS = ("proj", "fc1", "fc2", "out")

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio2mouth import blend, data, evaluate
+from engines import features
+from engines.audio2mouth import blend, data
 from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, ensemble, mel_windows
-from stream_server import features
+from engines.audio2mouth.scores import model_scores, summarise
 
 LOSS_WEIGHTS = np.array([1.0, 0.3, 0.5], np.float32)  # open, width, closure
 
@@ -208,9 +209,9 @@ def main() -> None:
             train_clips = augment_clips([c for c in clips if c.name != held.name], args.clip_copies, seed=1)
             pool = Pool(config, utterances, train_clips)
             model = train(pool, config, args.steps, real_fraction=args.real_fraction, log=lambda s: None)
-            scores.update(evaluate.model_scores(model, [held]))
+            scores.update(model_scores(model, [held]))
             print(f"  {held.name}: r0={scores[held.name][0]:+.3f} lag={scores[held.name][1]:+d}", flush=True)
-        results["leave_one_clip_out"] = evaluate.summarise("leave-one-clip-out", scores)
+        results["leave_one_clip_out"] = summarise("leave-one-clip-out", scores)
     print("final model on everything", flush=True)
     pool = Pool(config, utterances, augment_clips(clips, args.clip_copies, seed=1))
     members = []
@@ -220,16 +221,16 @@ def main() -> None:
         members.append(train(pool, config, args.steps, seed=args.seed + k,
                              real_fraction=args.real_fraction if clips else 0.0, log=lambda s: print(s, flush=True)))
         if args.ensemble > 1 and not clips:
-            evaluate.summarise(f"    network {k + 1} alone (clean)", evaluate.model_scores(members[-1], all_clips))
+            summarise(f"    network {k + 1} alone (clean)", model_scores(members[-1], all_clips))
     model = ensemble(members)
     if not clips:
-        results["final_clean"] = evaluate.summarise(
-            "network on the real clips (none used in training: clean)", evaluate.model_scores(model, all_clips))
+        results["final_clean"] = summarise(
+            "network on the real clips (none used in training: clean)", model_scores(model, all_clips))
     if not clips and not args.no_blend:
         print("ridge blend on the real clips: nested leave-one-clip-out (every choice made without the held-out clip)",
               flush=True)
         scores, choices = blend.nested_loco(model, all_clips)
-        results["blend_nested_loco"] = evaluate.summarise("blend, nested leave-one-clip-out (honest)", scores)
+        results["blend_nested_loco"] = summarise("blend, nested leave-one-clip-out (honest)", scores)
         results["blend_nested_loco"]["choices"] = choices
         model, choice = blend.fit_blend(model, all_clips)
         results["blend_shipped"] = choice
@@ -239,8 +240,8 @@ def main() -> None:
         data.write_fixture(args.out.parent / "fixture_bilabial.npz")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)", flush=True)
     if clips:
-        results["final_contaminated"] = evaluate.summarise(
-            "final model on the clips it was trained on (contaminated)", evaluate.model_scores(model, clips))
+        results["final_contaminated"] = summarise(
+            "final model on the clips it was trained on (contaminated)", model_scores(model, clips))
     results["args"] = {k: str(v) for k, v in vars(args).items()}
     results["seconds"] = round(time.time() - t0)
     (args.out.with_name(args.out.stem.replace("weights", "train_results") + ".json")

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 
+from engines import machine
+
 PROVIDER_ENV = "LIPSYNC_PROVIDER"
 
 # short name -> ONNX Runtime provider name, best first
@@ -72,12 +74,7 @@ def select_providers(forced: str | None = None, available: list[str] | None = No
 
 def tensorrt_version() -> str:
     """The TensorRT version engines are built with (the tensorrt package's, else ONNX Runtime's)."""
-    try:
-        import tensorrt  # type: ignore[import-not-found]
-
-        return str(tensorrt.__version__)
-    except Exception:
-        return f"onnxruntime-{onnxruntime_version()}"
+    return machine.tensorrt_version() or f"onnxruntime-{onnxruntime_version()}"
 
 
 def gpu_name() -> str:

@@ -1,6 +1,20 @@
 """The lip-sync measures of DESIGN.md: mouth-motion agreement and identity kept (SSIM).
 
-Shared by the quality benchmark and the tests, so both compute exactly the same thing.
+One definition, shared by the quality benchmark, the tests and the audio-to-mouth training and
+evaluation, so all of them compute exactly the same thing.
+
+Mouth-motion agreement compares two per-frame mouth-opening tracks (the FaceMesh inner-lip
+opening, :func:`engines.face.mouth_opening`, or a prediction of it). The rules:
+
+* **Argument order**: ``agreement(output, real)``: the track being judged first, the real
+  speaker's second. A positive lag means the output moves *later* than the real mouth.
+* **NaN** (a frame where no face was found) is filled by linear interpolation between the
+  nearest frames that have a value (the ends repeat the nearest value; a track with no value at
+  all becomes zeros) before smoothing, so every frame counts and the smoothing never spreads a
+  gap. :func:`pearson` itself expects finite arrays.
+* Both tracks are cut to the shorter one, smoothed with a 3-frame moving average
+  (:func:`smooth3`), and correlated (Pearson) at lag 0 and at every lag within +-``max_lag``
+  frames.
 """
 
 from __future__ import annotations
@@ -11,7 +25,7 @@ import cv2
 import numpy as np
 
 from engines.face import FaceLandmarker, mouth_opening
-from stream_server.media_io import video_frames
+from engines.media_io import video_frames
 
 NOSE_BRIDGE = 6  # FaceMesh landmark between the eyes: "above the nose" is above this row + margin
 NOSE_TIP = 1
@@ -39,13 +53,15 @@ def at_times(values: np.ndarray, times: np.ndarray, wanted: np.ndarray) -> np.nd
 
 
 def smooth3(values: np.ndarray) -> np.ndarray:
-    """3-frame moving average (the ends average what they have); NaNs are filled first."""
+    """3-frame moving average (each end counts its own frame twice); NaNs are filled first."""
     filled = fill_nan(values)
     padded = np.concatenate([filled[:1], filled, filled[-1:]])
     return (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
 
 
 def fill_nan(values: np.ndarray) -> np.ndarray:
+    """A float64 copy with every NaN replaced by linear interpolation over the frame index (the
+    ends repeat the nearest value); all zeros where no value is finite."""
     out = np.asarray(values, np.float64).copy()
     bad = np.isnan(out)
     if bad.all():
@@ -56,13 +72,15 @@ def fill_nan(values: np.ndarray) -> np.ndarray:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two finite arrays of one length; 0 where either is constant."""
     a, b = a - a.mean(), b - b.mean()
     denominator = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
 def agreement(output: np.ndarray, real: np.ndarray, max_lag: int = 5) -> tuple[float, int, float]:
-    """(r at lag 0, best lag, r at the best lag) of the smoothed opening curves.
+    """(r at lag 0, best lag, r at the best lag) of the smoothed opening curves, both cut to
+    the shorter one (NaNs filled first, see the module's rules).
 
     A positive lag means the output moves later than the real mouth.
     """

@@ -1,0 +1,46 @@
+"""Scoring an audio-to-mouth model on the real clips: mouth-motion agreement per clip.
+
+A model's ``open`` output per video frame is compared with the FaceMesh inner-lip opening the clip
+shows, by :func:`engines.lipsync_measures.agreement` (the one definition the quality benchmark
+uses too). Shared by the blend fitting (``blend``), the training (``train``) and the evaluation
+CLI (``evaluate``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from engines import features
+from engines.audio2mouth import data
+from engines.audio2mouth.model import AudioToMouth, mel_windows
+from engines.lipsync_measures import agreement
+
+Scores = dict[str, tuple[float, int, float]]  # clip name -> (r at lag 0, best lag, r at the best lag)
+
+
+def clip_windows(clip: data.Clip, context_s: float, lookahead_s: float) -> np.ndarray:
+    """The server's log-mel windows of a clip's audio, one per video frame."""
+    mel = features.LogMel().frames(clip.pcm)
+    return mel_windows(mel, clip.times, context_s, lookahead_s)
+
+
+def model_scores(model: AudioToMouth, clips: list[data.Clip]) -> Scores:
+    """Agreement of the model's ``open`` with each clip's real lip opening."""
+    out = {}
+    for clip in clips:
+        pred = model.predict_batch(clip_windows(clip, model.context_s, model.lookahead_s))[:, 0]
+        out[clip.name] = agreement(pred, clip.opening)
+    return out
+
+
+def summarise(name: str, results: Scores, log: Callable[[str], None] = print) -> dict:
+    """Log the mean and per-clip figures; the same as a JSON-ready dict."""
+    r0 = np.mean([v[0] for v in results.values()])
+    lag = np.mean([v[1] for v in results.values()])
+    log(f"{name}: mean r(lag 0) = {r0:.3f}, mean best lag = {lag:+.2f} frames")
+    for clip, (r, l, rb) in results.items():
+        log(f"    {clip:32s} r0={r:+.3f} best lag={l:+d} (r={rb:+.3f})")
+    return {"mean_r": float(r0), "mean_best_lag": float(lag),
+            "clips": {k: {"r": v[0], "best_lag": v[1], "r_best": v[2]} for k, v in results.items()}}
