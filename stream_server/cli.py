@@ -191,7 +191,8 @@ def ice_server(url: str, username: str | None, credential: str | None) -> dict[s
 async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined]  # noqa: F821
     from aiohttp import web
 
-    from stream_server.app import SERVER, create_app
+    from stream_server.app import create_app
+    from stream_server.hub import SERVER
     from stream_server.security import ssl_context
 
     app = create_app(settings)
