@@ -18,7 +18,7 @@ from engines.registry import BackendRegistry
 from stream_server import cli, doctor
 
 REPO = Path(__file__).resolve().parents[1]
-HERE = f"{__name__}"
+HERE = __name__
 
 
 class ExportProblem(RuntimeError):
@@ -34,7 +34,19 @@ def export_throwaway(models_dir: Path | None, out_dir: Path | None) -> None:
     (out / "exported.txt").write_text("ok")
 
 
-class Sharp(Backend):
+class Throwaway(Backend):
+    """A backend that returns the base frame; the classes below add what the contract is about."""
+
+    name = "throwaway"
+
+    def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
+        return Avatar(name=name, image=image)
+
+    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        return [job.base_frame for job in jobs]
+
+
+class Sharp(Throwaway):
     """Looks best, but its file is missing here."""
 
     name = "sharp"
@@ -57,34 +69,18 @@ class Sharp(Backend):
                         optional=True, state="sharper teeth"),
         ), ("sharp note: nothing exported",))
 
-    def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
-        return Avatar(name=name, image=image)
 
-    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
-        return [job.base_frame for job in jobs]
-
-
-class Plain(Sharp):
+class Plain(Throwaway):
     """Looks worse, runs anywhere, needs no files and has no export."""
 
     name = "plain"
     quality_rank = 1
-    export = None
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return None
-
-    @classmethod
-    def files(cls) -> BackendFiles | None:
-        return None
 
 
-class Needy(Plain):
-    """Never chosen by auto; its export needs a module that is not installed."""
+class Needy(Throwaway):
+    """Never chosen by auto (no rank); its export needs a module that is not installed."""
 
     name = "needy"
-    quality_rank = None
     export = BackendExport(entry=f"{HERE}:export_throwaway", help="needs more", models_dir_help="", out_help="",
                            needs=("no_such_module_for_the_contract_test",))
 
