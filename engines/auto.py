@@ -1,7 +1,8 @@
 """``--backend auto``: the best-looking backend that holds the frame rate on this machine.
 
-Backends are tried in order of how they look (``PREFERENCE``: MuseTalk's generated mouth over
-``mesh``'s warp; ``passthrough`` does no lip-sync and is never chosen). Whether one holds the
+Backends are tried in order of how they look: each declares its ``quality_rank`` (higher looks
+better; None, for a backend that does no lip-sync, is never chosen), and ``ranked`` orders the
+registered backends by it. Whether one holds the
 frame rate is measured, not looked up: the registry's calibration (``measure_fps``: generate()
 in camera mode on the registry's calibration portrait, which the server gives as its bundled one)
 must reach ``HEADROOM`` times the frame rate, since encoding, audio and the event loop need the
@@ -24,12 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.registry import BackendRegistry, backend_class
+from engines.registry import BackendRegistry, backend_class, importable_backends
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-PREFERENCE = ("musetalk", "mesh")  # best looking first
 HEADROOM = 1.25
 
 
@@ -79,6 +79,16 @@ def backend_key(name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def ranked() -> list[str]:
+    """The backends auto may choose, best looking (highest ``quality_rank``) first; equal ranks
+    keep the registry's order."""
+    ranks: dict[str, int] = {}
+    for name, cls in importable_backends().items():
+        if cls.quality_rank is not None:
+            ranks[name] = cls.quality_rank
+    return sorted(ranks, key=lambda name: -ranks[name])
+
+
 class CalibrationCache:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or cache_path()
@@ -106,7 +116,7 @@ def choose_backend(registry: BackendRegistry, fps: float, cache: CalibrationCach
     machine = machine_key()
     needed = fps * HEADROOM
     candidates: list[Candidate] = []
-    for name in PREFERENCE:
+    for name in ranked():
         reason = registry.unavailable_reason(name)
         if reason:
             candidates.append(Candidate(name, False, note=reason))

@@ -6,12 +6,18 @@ the base frame to animate, the prepared avatar) from a worker thread, never from
 loop. Backends declare how much future audio they need (``lookahead_s``) and how many jobs they
 like to receive at once (``batch_size``); the worker groups jobs due in the same tick across
 sessions up to that size.
+
+Besides generating frames, a backend speaks for itself to the rest of the server, so that no
+command names a backend: it lists the files it needs for ``doctor`` (:meth:`Backend.files`),
+ranks how good it looks for ``--backend auto`` (``quality_rank``), and may name an ``export``
+command (:class:`BackendExport`) that turns published weights into what it runs.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -96,13 +102,80 @@ class BackendInfo:
         }
 
 
+@dataclass(frozen=True)
+class BackendFile:
+    """One file a backend needs, or the files it reads together (weights and their config), as
+    ``doctor`` reports it: where it was found (empty: not found), each alternative looked at
+    (first preferred), where it is published, and what it means here (``state``: "exported: ...",
+    "using the FaceMesh mask"...). An optional file may be missing without the backend being
+    unavailable."""
+
+    name: str
+    found: tuple[Path, ...]
+    looked_at: tuple[str, ...]
+    published: str
+    optional: bool = False
+    state: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "found": [str(path) for path in self.found] or None,
+            "optional": self.optional,
+            "looked_at": list(self.looked_at),
+            "published": self.published,
+            "state": self.state,
+        }
+
+
+@dataclass(frozen=True)
+class BackendFiles:
+    """Every file a backend looks for, under one directory (``directory_env`` moves it), and
+    notes for the user about them ("exported ONNX: none (run: ...)")."""
+
+    directory: Path
+    directory_env: str
+    files: tuple[BackendFile, ...]
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "directory_env": self.directory_env,
+            "files": [entry.to_json() for entry in self.files],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class BackendExport:
+    """``python -m stream_server export <backend>``: turns the published files into what the
+    backend runs.
+
+    ``entry`` is ``"module:function"``, imported only when exporting (so the export's heavy
+    dependencies, PyTorch and the like, are never imported to serve); the function is called as
+    ``function(models_dir, out_dir)`` (either None for its default) and raises one of ``errors``
+    with a message for the user. ``needs`` are the modules it imports (from the ``export``
+    extra), checked first so that a missing one gets the install hint.
+    """
+
+    entry: str
+    help: str  # one line: what the export writes
+    models_dir_help: str  # the --models-dir option: where the published files are
+    out_help: str  # the --out option: where the exported files go by default
+    errors: tuple[type[Exception], ...] = ()
+    needs: tuple[str, ...] = ()
+
+
 class Backend(abc.ABC):
     """Base class of every lip-sync backend.
 
     Subclasses set the class attributes, may override :meth:`unavailable_reason` to say why
     they cannot run here (missing weights, no GPU...), and implement :meth:`prepare_avatar` and
     :meth:`generate`. ``generate`` must return one RGB uint8 frame per job, each the shape of
-    the job's ``base_frame``.
+    the job's ``base_frame``. A backend with files to place overrides :meth:`files`; one that
+    lip-syncs sets ``quality_rank`` so that ``auto`` may choose it; one whose weights need
+    converting sets ``export``.
     """
 
     name: ClassVar[str]
@@ -110,10 +183,18 @@ class Backend(abc.ABC):
     lookahead_s: ClassVar[float] = 0.0  # future audio each frame needs
     context_s: ClassVar[float] = 0.2  # past audio each frame needs
     batch_size: ClassVar[int] = 1  # jobs per generate() call the backend prefers
+    # how good it looks, for --backend auto: higher first; None is never chosen (no lip-sync)
+    quality_rank: ClassVar[int | None] = None
+    export: ClassVar[BackendExport | None] = None  # its export command, if it has one
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """None when the backend can run here, else a sentence saying why not and what to do."""
+        return None
+
+    @classmethod
+    def files(cls) -> BackendFiles | None:
+        """The files this backend looks for, found or not, for ``doctor``; None when it needs none."""
         return None
 
     @classmethod
@@ -142,7 +223,6 @@ class Backend(abc.ABC):
     def stream_stats(self, stream_id: str) -> dict[str, int]:
         """Backend-specific counts for a stream, shown with the session's stats."""
         return {}
-
 
 
 def describe(cls: type[Backend], reason: str | None, typical_fps: float | None = None) -> BackendInfo:

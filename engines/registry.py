@@ -1,6 +1,12 @@
 """Which backends exist, and loading each one once per process.
 
-Adding a backend is one folder (``engines/<name>/backend.py``) and one line in ``BACKENDS``.
+Adding a backend is one folder and one line: ``engines/<name>/backend.py`` with a subclass of
+``engines.base.Backend`` (and, as needed, ``weights.py`` for its file layout, ``model.py`` for
+its architecture, ``export.py`` for its export), and ``"<name>": "engines.<name>.backend:Class"``
+in ``BACKENDS``. Nothing else names a backend: ``doctor`` prints what ``Backend.files()`` lists,
+``--backend auto`` ranks the backends by their ``quality_rank``, and ``python -m stream_server
+export <name>`` is offered for every backend whose ``export`` is set.
+
 Backends are imported lazily so that a backend whose dependencies are missing never breaks the
 others: it is listed as unavailable with the reason.
 """
@@ -12,6 +18,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -37,10 +44,27 @@ def backend_names() -> list[str]:
     return list(BACKENDS)
 
 
+def load_entry(entry: str) -> Any:
+    """What a ``"module:name"`` entry names, importing the module; ImportError if it cannot."""
+    module_name, _, attribute = entry.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
 def backend_class(name: str) -> type[Backend]:
     """Import a backend class; raises KeyError for unknown names, ImportError if it cannot load."""
-    module_name, _, class_name = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return load_entry(BACKENDS[name])
+
+
+def importable_backends() -> dict[str, type[Backend]]:
+    """Every registered backend's class that imports here, by name. One that does not import is
+    left out: ``BackendRegistry.unavailable_reason`` gives its import error."""
+    classes = {}
+    for name in backend_names():
+        try:
+            classes[name] = backend_class(name)
+        except Exception:  # an import error must not take the others down
+            continue
+    return classes
 
 
 class BackendRegistry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import importlib
 import json
 import logging
 import ssl
@@ -14,7 +15,15 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from engines.auto import AUTO
-from engines.registry import DEFAULT_BACKEND, backend_names
+from engines.base import BackendExport
+from engines.registry import DEFAULT_BACKEND, backend_names, importable_backends, load_entry
+
+EXPORT_EXTRA = "export needs PyTorch, diffusers, transformers and onnx (pip install '.[export]')"
+
+
+def exports() -> dict[str, BackendExport]:
+    """The backends that have an export command, by name (``Backend.export``)."""
+    return {name: cls.export for name, cls in importable_backends().items() if cls.export is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
     export = commands.add_parser("export", help="export a neural backend's weights to ONNX (needs the export extra: torch, diffusers, transformers, onnx)", description="Export the official weights to ONNX, checking each model against PyTorch.")
-    export.add_argument("model", choices=["musetalk"], help="which backend's models")
-    export.add_argument("--models-dir", type=Path, default=None, help="where the official files are (default $LIPSYNC_MODELS_DIR or ./models)")
-    export.add_argument("--out", type=Path, default=None, help="where the ONNX files go (default <models-dir>/musetalk-onnx, where the backend looks)")
+    models = export.add_subparsers(dest="model", required=True, metavar="BACKEND", help="which backend's models")
+    for name, spec in exports().items():
+        one = models.add_parser(name, help=spec.help, description=f"{spec.help}.")
+        one.add_argument("--models-dir", type=Path, default=None, help=spec.models_dir_help)
+        one.add_argument("--out", type=Path, default=None, help=spec.out_help)
     return parser
 
 
@@ -81,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
     # One BLAS thread: the matrices on the frame path are small, and OpenBLAS's extra threads
-    # spin while they wait; with them a single mesh session took 1.5 cores, without 0.76.
+    # spin while they wait; with them a single session of the default backend took 1.5 cores,
+    # without 0.76.
     threadpool_limits(1, user_api="blas")
     if args.command == "serve":
         return serve(args)
@@ -96,17 +108,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    """Run the backend's export (``Backend.export``); its heavy imports happen only here."""
+    spec = exports()[args.model]
     try:
-        from engines.musetalk.export import export_musetalk
-        from engines.musetalk.weights import WeightsError
-
-        import torch  # noqa: F401
+        for module in spec.needs:
+            importlib.import_module(module)
+        run = load_entry(spec.entry)
     except ImportError as exc:
-        print(f"error: export needs PyTorch, diffusers, transformers and onnx (pip install '.[export]'): {exc}", file=sys.stderr)
+        print(f"error: {EXPORT_EXTRA}: {exc}", file=sys.stderr)
         return 2
     try:
-        export_musetalk(args.models_dir, args.out)
-    except (WeightsError, RuntimeError) as exc:
+        run(args.models_dir, args.out)
+    except spec.errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -191,7 +204,8 @@ def ice_server(url: str, username: str | None, credential: str | None) -> dict[s
 async def run_server(settings: "Settings") -> None:  # type: ignore[name-defined]  # noqa: F821
     from aiohttp import web
 
-    from stream_server.app import SERVER, create_app
+    from stream_server.app import create_app
+    from stream_server.hub import SERVER
     from stream_server.security import ssl_context
 
     app = create_app(settings)

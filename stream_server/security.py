@@ -1,5 +1,9 @@
 """Access control: the token every API call carries, the CORS allow-list, TLS, and the start-up
-check that refuses to expose the server to a network without a token."""
+check that refuses to expose the server to a network without a token.
+
+Two things answer without the token: the page's own files (they hold no data) and the health
+probe ``GET /healthz`` (load balancers and orchestrators probe it unauthenticated; it says only
+that the server is alive and how loaded it is: sessions, their limit, the event loop's lag)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from stream_server.config import Settings
+from stream_server.http_errors import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_QUERY = "token"  # for WebSockets and <img>, which cannot send an Authorization header
+HEALTH_PATH = "/healthz"  # liveness and load only: answered without the token
 
 
 class ExposureError(ValueError):
@@ -67,15 +73,12 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
-
-
 def is_public(request: web.Request) -> bool:
-    """The page itself (HTML, JS, CSS) holds no data and loads without the token."""
+    """The page itself (HTML, JS, CSS) holds no data and loads without the token; so does the
+    health probe, which tells only liveness and load."""
     route = request.match_info.route
     return request.method in ("GET", "HEAD") and (
-        request.path == "/" or isinstance(route.resource, web.StaticResource)
+        request.path in ("/", HEALTH_PATH) or isinstance(route.resource, web.StaticResource)
     )
 
 
@@ -96,10 +99,10 @@ def token_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[w
         given = presented_token(request).encode()
         if not hmac.compare_digest(given, expected):
             message = "this server needs an access token" if not given else "wrong access token"
-            return _json_error(
+            return error_response(
                 401,
                 f"{message}: send it as 'Authorization: Bearer TOKEN' (or ?token=TOKEN on WebSockets)",
-                {"WWW-Authenticate": 'Bearer realm="lipsync"'},
+                headers={"WWW-Authenticate": 'Bearer realm="lipsync"'},
             )
         return await handler(request)
 
@@ -121,7 +124,7 @@ def cors_middleware(allowed: list[str]) -> Callable[[web.Request, Handler], Awai
         if origin is None or same_origin(request, origin):
             return await handler(request)
         if origin.rstrip("/").lower() not in allow:
-            return _json_error(403, f"origin {origin} is not allowed to call this server (see --cors-origin)")
+            return error_response(403, f"origin {origin} is not allowed to call this server (see --cors-origin)")
         headers = {
             "Access-Control-Allow-Origin": origin,
             "Vary": "Origin",

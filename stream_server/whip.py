@@ -10,23 +10,21 @@ ICE candidates are all in the answer (aiortc gathers before answering), so there
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from engines.base import AvatarError
 from stream_server.channels import Channel, ChannelTrack
-from stream_server.options import OptionError, parse_options
+from stream_server.http_errors import ApiError, error_response
+from stream_server.hub import SERVER, Server
+from stream_server.opening import open_or_refuse
+from stream_server.options import OptionError
 from stream_server.recording import Recorder
-
-if TYPE_CHECKING:
-    from stream_server.app import Server
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +32,32 @@ SDP = "application/sdp"
 VIEW_PAGE = Path(__file__).resolve().parents[1] / "web_client" / "view.html"
 
 
-def _error(status: int, message: str, valid: list[Any] | None = None, headers: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if valid is not None:
-        body["valid"] = valid
-    return web.json_response(body, status=status, headers=headers)
-
-
 def _server(request: web.Request) -> Server:
-    from stream_server.app import SERVER
-
     return request.app[SERVER]
 
 
-def _channel(request: web.Request) -> Channel | web.Response:
+def _channel(request: web.Request) -> Channel:
+    """The channel the path names; raises a 404 ApiError listing the channels there are."""
     server = _server(request)
     name = request.match_info["channel"]
     channel = server.channels.get(name)
     if channel is None:
-        return _error(404, f"no channel {name!r}: create it with POST /channels or serve --channel {name}", sorted(server.channels))
+        raise ApiError(404, f"no channel {name!r}: create it with POST /channels or serve --channel {name}", sorted(server.channels))
     return channel
 
 
-async def _channel_and_offer(request: web.Request) -> tuple[Channel, str] | web.Response:
-    """The channel a WHIP / WHEP POST names and its SDP offer, or the error response."""
+async def _channel_and_offer(request: web.Request) -> tuple[Channel, str]:
+    """The channel a WHIP / WHEP POST names and its SDP offer; raises ApiError for either."""
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
-    sdp = await _offer_text(request)
-    return sdp if isinstance(sdp, web.Response) else (channel, sdp)
+    return channel, await _offer_text(request)
 
 
-async def _offer_text(request: web.Request) -> str | web.Response:
+async def _offer_text(request: web.Request) -> str:
     if request.content_type != SDP:
-        return _error(415, f"the offer must be sent as Content-Type: {SDP} (got {request.content_type or 'none'})")
+        raise ApiError(415, f"the offer must be sent as Content-Type: {SDP} (got {request.content_type or 'none'})")
     sdp = await request.text()
     if not sdp.lstrip().startswith("v=0") or "\nm=" not in sdp:
-        return _error(400, "the body must be an SDP offer (text starting with v=0, with media sections)")
+        raise ApiError(400, "the body must be an SDP offer (text starting with v=0, with media sections)")
     return sdp
 
 
@@ -80,30 +67,16 @@ def _created(answer: str, location: str) -> web.Response:
 
 # -- WHIP: the producer ----------------------------------------------------------------------
 async def whip_post(request: web.Request) -> web.Response:
-    found = await _channel_and_offer(request)
-    if isinstance(found, web.Response):
-        return found
-    channel, sdp = found
+    channel, sdp = await _channel_and_offer(request)
     if channel.producer is not None:
-        return _error(409, f"channel {channel.name!r} already has a producer; DELETE its resource "
-                           f"(/whip/{channel.name}/{channel.producer_resource}) or wait for it to end")
-    from stream_server.app import CapacityError
-    from stream_server.session import OfferError
-
-    server = _server(request)
-    try:
-        session, answer = await server.open_session(sdp, "offer", channel.options, send_back=False)
-    except CapacityError as exc:
-        return _error(503, str(exc), headers={"Retry-After": str(server.settings.retry_after_s)})
-    except OfferError as exc:
-        return _error(400, str(exc))
-    except AvatarError as exc:
-        return _error(422, f"the channel's avatar cannot be used: {exc}")
-    except RuntimeError as exc:
-        return _error(503, str(exc))
+        return error_response(409, f"channel {channel.name!r} already has a producer; DELETE its resource "
+                                   f"(/whip/{channel.name}/{channel.producer_resource}) or wait for it to end")
+    session, answer = await open_or_refuse(
+        _server(request), sdp, channel.options, "the channel's avatar cannot be used", send_back=False
+    )
     if channel.producer is not None:  # another producer won the race while this one was answered
         await session.close("the channel got another producer first")
-        return _error(409, f"channel {channel.name!r} already has a producer")
+        return error_response(409, f"channel {channel.name!r} already has a producer")
     resource = uuid.uuid4().hex[:12]
     channel.attach(session, resource)
     asyncio.create_task(_detach_when_closed(channel, session))
@@ -119,29 +92,24 @@ async def _detach_when_closed(channel: Channel, session: Any) -> None:
 
 async def whip_delete(request: web.Request) -> web.Response:
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
     resource = request.match_info["resource"]
     if channel.producer_resource != resource:
-        return _error(404, f"no producer {resource!r} on channel {channel.name!r}")
+        return error_response(404, f"no producer {resource!r} on channel {channel.name!r}")
     await channel.detach("the producer ended the stream")
     return web.Response(status=200)
 
 
 async def no_trickle(request: web.Request) -> web.Response:
-    return _error(405, "trickle ICE and ICE restarts are not supported: all candidates are in the answer",
+    return error_response(405, "trickle ICE and ICE restarts are not supported: all candidates are in the answer",
                   headers={"Allow": "POST, DELETE" if "resource" not in request.match_info else "DELETE"})
 
 
 # -- WHEP: the viewers -----------------------------------------------------------------------
 async def whep_post(request: web.Request) -> web.Response:
-    found = await _channel_and_offer(request)
-    if isinstance(found, web.Response):
-        return found
-    channel, sdp = found
+    channel, sdp = await _channel_and_offer(request)
     server = _server(request)
     if len(channel.viewers) >= server.settings.max_viewers:
-        return _error(503, f"channel {channel.name!r} has its maximum of {server.settings.max_viewers} viewers",
+        return error_response(503, f"channel {channel.name!r} has its maximum of {server.settings.max_viewers} viewers",
                       headers={"Retry-After": str(server.settings.retry_after_s)})
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in server.settings.ice_servers]))
     subscriber = channel.subscribe()
@@ -158,7 +126,7 @@ async def whep_post(request: web.Request) -> web.Response:
     except Exception as exc:
         channel.unsubscribe(subscriber)
         await pc.close()
-        return _error(400, f"the offer could not be answered: {exc or type(exc).__name__}")
+        return error_response(400, f"the offer could not be answered: {exc or type(exc).__name__}")
     channel.viewers[resource] = (pc, subscriber)
 
     @pc.on("connectionstatechange")
@@ -179,11 +147,9 @@ async def _drop_viewer(channel: Channel, resource: str) -> None:
 
 async def whep_delete(request: web.Request) -> web.Response:
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
     resource = request.match_info["resource"]
     if resource not in channel.viewers:
-        return _error(404, f"no viewer {resource!r} on channel {channel.name!r}")
+        return error_response(404, f"no viewer {resource!r} on channel {channel.name!r}")
     await _drop_viewer(channel, resource)
     return web.Response(status=200)
 
@@ -198,32 +164,28 @@ async def create_channel(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except ValueError:
-        return _error(400, 'the body must be JSON: {"name": ..., "options": {"backend", "avatar", "fps"}}')
+        return error_response(400, 'the body must be JSON: {"name": ..., "options": {"backend", "avatar", "fps"}}')
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        return _error(400, 'the body must be a JSON object: {"name": ..., "options": {...}}')
+        return error_response(400, 'the body must be a JSON object: {"name": ..., "options": {...}}')
     try:
         channel = server.create_channel(body["name"], body.get("options"))
     except OptionError as exc:
-        return _error(400, str(exc), exc.valid)
+        return error_response(400, str(exc), exc.valid)
     except ValueError as exc:
-        return _error(409, str(exc))
+        return error_response(409, str(exc))
     return web.json_response(channel.describe(), status=201, headers={"Location": f"/channels/{channel.name}"})
 
 
 async def delete_channel(request: web.Request) -> web.Response:
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
     await _server(request).remove_channel(channel.name)
     return web.json_response({"deleted": channel.name})
 
 
 async def start_recording(request: web.Request) -> web.Response:
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
     if channel.recorder is not None:
-        return _error(409, f"channel {channel.name!r} is already recording to {channel.recorder.path.name}")
+        return error_response(409, f"channel {channel.name!r} is already recording to {channel.recorder.path.name}")
     directory = _server(request).settings.recordings_dir
     path = directory / f"{channel.name}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
     channel.recorder = Recorder(path, channel.options.fps)
@@ -233,22 +195,18 @@ async def start_recording(request: web.Request) -> web.Response:
 
 async def stop_recording(request: web.Request) -> web.Response:
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
     recorder, channel.recorder = channel.recorder, None
     if recorder is None:
-        return _error(404, f"channel {channel.name!r} is not recording")
+        return error_response(404, f"channel {channel.name!r} is not recording")
     seconds = await recorder.stop()
     channel.notify({"type": "recording", "recording": False, "file": recorder.path.name})
     if recorder.error:
-        return _error(500, f"the recording failed: {recorder.error}")
+        return error_response(500, f"the recording failed: {recorder.error}")
     return web.json_response({"recording": False, "file": str(recorder.path), "seconds": round(seconds, 1), "frames_lost": recorder.dropped})
 
 
 async def channel_events(request: web.Request) -> web.StreamResponse:
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
     socket = web.WebSocketResponse(heartbeat=20)
     await socket.prepare(request)
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(64)
@@ -276,8 +234,6 @@ async def _until_closed(socket: web.WebSocketResponse) -> None:
 
 async def view_page(request: web.Request) -> web.StreamResponse:
     channel = _channel(request)
-    if isinstance(channel, web.Response):
-        return channel
     return web.FileResponse(VIEW_PAGE)
 
 

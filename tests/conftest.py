@@ -11,7 +11,8 @@ from aiortc import RTCPeerConnection
 from threadpoolctl import threadpool_limits
 
 from engines import registry
-from stream_server.app import SERVER, Server, create_app
+from stream_server.app import create_app
+from stream_server.hub import SERVER, Server
 from stream_server.config import Settings
 
 threadpool_limits(1, user_api="blas")  # as the server runs (stream_server/cli.py)

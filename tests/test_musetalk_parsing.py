@@ -235,4 +235,6 @@ def test_doctor_reports_the_parser(parse_set: tuple[Path, str], tmp_path: Path) 
     models, _ = parse_set
     found = cli("doctor", env={"LIPSYNC_MODELS_DIR": str(models)})
     assert f"face-parse-bisent (optional): {models / PARSE_FILE}, exported: portraits use the BiSeNet mask" in found.stdout
-    assert json.loads(cli("doctor", "--json", env={"LIPSYNC_MODELS_DIR": str(models)}).stdout)["musetalk_weights"]["face_parse_onnx"]
+    backends = json.loads(cli("doctor", "--json", env={"LIPSYNC_MODELS_DIR": str(models)}).stdout)["backends"]
+    files = next(b for b in backends if b["name"] == "musetalk")["files"]["files"]
+    assert next(f for f in files if f["name"] == "face-parse-bisent")["state"] == "exported: portraits use the BiSeNet mask"

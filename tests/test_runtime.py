@@ -108,7 +108,7 @@ def test_doctor_reports_providers_gpu_backends_and_missing_weights(tmp_path: Pat
     data = json.loads(run("--json").stdout)
     musetalk = next(b for b in data["backends"] if b["name"] == "musetalk")
     assert not musetalk["available"] and "musetalkV15/unet.pth" in musetalk["reason"]
-    assert data["musetalk_weights"]["onnx"]["unet.onnx"] is False
+    assert "exported ONNX: none" in musetalk["files"]["notes"][0]  # unet.onnx not exported
 
 
 def test_tensorrt_engines_are_cached_per_model_gpu_version_precision_and_shapes(tiny_onnx: tuple[Path, object], tmp_path: Path) -> None:

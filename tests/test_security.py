@@ -27,7 +27,6 @@ API_CALLS = [
     ("GET", "/avatars/astronaut.jpg", None),
     ("POST", "/avatars", b"not an image"),
     ("GET", "/config", None),
-    ("GET", "/healthz", None),
     ("GET", "/metrics", None),
     ("POST", "/offer", b"{}"),
     ("DELETE", "/sessions/abc", None),
@@ -63,6 +62,21 @@ async def test_every_api_route_needs_the_token(start_server: StartServer, method
         url = f"{live.url}{path}{'&' if '?' in path else '?'}token={TOKEN}"
         async with http.request(method, url, data=body) as response:
             assert response.status != 401
+
+
+async def test_the_health_probe_answers_without_the_token_and_tells_only_liveness_and_load(start_server: StartServer) -> None:
+    """Load balancers probe /healthz unauthenticated; every other route still needs the token
+    (``API_CALLS`` above, which lists every other route)."""
+    live = await start_server(token=TOKEN)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{live.url}/healthz") as response:
+            assert response.status == 200
+            assert set(await response.json()) == {"status", "sessions", "max_sessions", "loop_lag_ms"}
+        async with http.head(f"{live.url}/healthz") as response:
+            assert response.status == 200
+        for method, path, body in API_CALLS:
+            async with http.request(method, f"{live.url}{path}", data=body) as response:
+                assert response.status == 401, (method, path, response.status)
 
 
 async def test_the_page_itself_loads_without_the_token_and_a_session_runs_with_it(start_server: StartServer) -> None:

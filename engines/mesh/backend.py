@@ -67,6 +67,7 @@ class MeshBackend(Backend):
     lookahead_s = _MODEL.lookahead_s
     context_s = _MODEL.context_s
     batch_size = 4
+    quality_rank = 1  # a warped mouth: below a generated one (musetalk, 2)
     idle_motion = True  # blinks and a slight head sway on still portraits
 
     def __init__(self) -> None:

@@ -30,12 +30,13 @@ from typing import Sequence
 
 import numpy as np
 
-from engines.base import Avatar, AvatarError, Backend, FrameJob
+from engines.base import Avatar, AvatarError, Backend, BackendExport, BackendFiles, FrameJob
 from engines.musetalk.audio import CONTEXT_S, LOOKAHEAD_S, frame_features, frame_window, log_mel
 from engines.musetalk.export import FACE_PARSE, FILES, onnx_dir
 from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
+from engines.musetalk.files import musetalk_files
 from engines.musetalk.parsing import parse_input, parsing_mask
-from engines.musetalk.weights import find_layout
+from engines.musetalk.weights import WeightsError, find_layout
 from engines.runtime.providers import PROVIDER_ENV
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,19 @@ class MuseTalkBackend(Backend):
     lookahead_s = LOOKAHEAD_S
     context_s = CONTEXT_S
     batch_size = 4
+    quality_rank = 2  # a generated mouth: looks better than mesh's warp (1)
+    export = BackendExport(
+        entry="engines.musetalk.export:export_musetalk",
+        help="MuseTalk's official files to ONNX, each model checked against PyTorch",
+        models_dir_help="where the official files are (default $LIPSYNC_MODELS_DIR or ./models)",
+        out_help="where the ONNX files go (default <models-dir>/musetalk-onnx, where the backend looks)",
+        errors=(WeightsError, RuntimeError),
+        needs=("torch",),
+    )
+
+    @classmethod
+    def files(cls) -> BackendFiles:
+        return musetalk_files()
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

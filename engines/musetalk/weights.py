@@ -90,13 +90,19 @@ class Layout:
             ("whisper", self.whisper and self.whisper_config, "whisper"),
         ):
             if not found:
-                paths = [str(p) for p in self.looked_at.get(part, [])]
-                if part == "musetalk":  # weights + config pairs
-                    tried = " or ".join(f"{a} with {b}" for a, b in zip(paths[::2], paths[1::2]))
-                else:
-                    tried = f"{paths[0]} with " + " or ".join(paths[1:])
-                lines.append(f"{part}: not found (looked for {tried}); published at {PUBLISHED[source]}")
+                lines.append(f"{part}: not found (looked for {self.looked_for(part)}); published at {PUBLISHED[source]}")
         return lines
+
+    def looked_for(self, part: str) -> str:
+        """The paths tried for ``part`` as a phrase: "a with b or c with d" for MuseTalk's weight
+        and config pairs, "config with weights or other weights" for the others, the one path
+        for the face parser."""
+        paths = [str(p) for p in self.looked_at.get(part, [])]
+        if part == "musetalk":  # weights + config pairs
+            return " or ".join(f"{a} with {b}" for a, b in zip(paths[::2], paths[1::2]))
+        if len(paths) == 1:
+            return paths[0]
+        return f"{paths[0]} with " + " or ".join(paths[1:])
 
 
 def _first(paths: list[Path]) -> Path | None:

@@ -14,6 +14,7 @@ class PassthroughBackend(Backend):
     description = "Returns the base frame unchanged (no lip-sync); the fallback and test baseline."
     lookahead_s = 0.0
     batch_size = 8
+    quality_rank = None  # no lip-sync: never chosen by --backend auto
 
     def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
         return Avatar(name=name, image=image)

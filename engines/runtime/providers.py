@@ -3,10 +3,16 @@
 Best first: TensorRT, then CUDA, then CPU. The user can force one with ``LIPSYNC_PROVIDER``
 (``tensorrt``, ``cuda`` or ``cpu``) or the ``provider`` argument; forcing one that this
 machine does not have is an error that says what is available, never a silent fallback.
+
+TensorRT is optional and found by itself: ``onnxruntime-gpu`` offers its TensorRT provider
+whether or not TensorRT is installed, so the provider counts as available only when TensorRT's
+library loads too (NVIDIA's ``tensorrt`` wheel, or ``libnvinfer`` on the loader's path).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -42,7 +48,25 @@ def available_providers() -> list[str]:
     except ImportError:
         return []
     found = set(onnxruntime.get_available_providers())
-    return [short for short, full in PROVIDERS.items() if full in found]
+    names = [short for short, full in PROVIDERS.items() if full in found]
+    if "tensorrt" in names and not tensorrt_loads():
+        names.remove("tensorrt")
+    return names
+
+
+@functools.lru_cache(maxsize=1)
+def tensorrt_loads() -> bool:
+    """Whether TensorRT 10's runtime library can be loaded here (what ONNX Runtime's TensorRT
+    provider needs): NVIDIA's ``tensorrt`` package imports (it loads the library into the
+    process), or ``libnvinfer.so.10`` is on the loader's path."""
+    try:
+        import tensorrt  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:
+        try:
+            ctypes.CDLL("libnvinfer.so.10")
+        except OSError:
+            return False
+    return True
 
 
 def select_providers(forced: str | None = None, available: list[str] | None = None) -> list[str]:
