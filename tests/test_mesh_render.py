@@ -13,7 +13,8 @@ import pytest
 from engines.face import FaceLandmarker, mouth_opening
 from engines.mesh.geometry import LIP_LOWER_OUTER, LIP_UPPER_OUTER, eye_gap
 from engines.mesh.idle import IdleMotion
-from engines.mesh.render import prepare_face, render_mouth
+from engines.mesh.prepare import prepare_face
+from engines.mesh.render import render_mouth
 from engines.mouth import MouthParams
 from tests.media import shared_media, video_frames
 

@@ -19,7 +19,8 @@ from engines.audio2mouth.model import AudioToMouth
 from engines.base import Avatar, AvatarError, Backend, BackendError, FrameJob
 from engines.face import FaceLandmarker, face_scale, portrait_face
 from engines.mesh.idle import IdleMotion
-from engines.mesh.render import PreparedFace, prepare_face, render_mouth
+from engines.mesh.prepare import PreparedFace, prepare_face
+from engines.mesh.render import render_mouth
 from engines.mouth import MouthParams
 
 MIN_EYE_DISTANCE_PX = 24  # smaller faces cannot be warped convincingly

@@ -1,7 +1,7 @@
 """Landmark sets and the motion model of the `mesh` renderer.
 
 Everything here works on MediaPipe FaceMesh landmarks (478 refined points, pixels) and returns
-target positions for the mesh points; ``render.py`` turns source/target points into a warp.
+target positions for the mesh points; ``warp.py`` turns source/target points into a warp.
 
 The mesh points are: the 468 face landmarks (irises excluded: they live inside the eye opening,
 which collapses in a blink), two extra rows inside the mouth (the interior split in an upper half
