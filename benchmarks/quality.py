@@ -113,11 +113,11 @@ class HeldOutWeights:
     """Audio-to-mouth weights whose real-clip blend never saw a given clip, served to ``mesh``."""
 
     def __init__(self, work: Path) -> None:
-        from engines.audio2mouth import data
+        from engines.audio2mouth.clips import real_clips
         from engines.audio2mouth.model import AudioToMouth
 
         self.work = work
-        self.clips = data.real_clips(VIDEOS, cache=work / "tracks", log=lambda s: None)
+        self.clips = real_clips(VIDEOS, cache=work / "tracks", log=lambda s: None)
         self.net = AudioToMouth.load()
 
     @contextmanager

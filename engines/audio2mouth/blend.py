@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from engines.audio2mouth import data
+from engines.audio2mouth.clips import Clip
 from engines.audio2mouth.model import AudioToMouth, normalise, ridge_features
 from engines.audio2mouth.scores import clip_windows, model_scores
 from engines.lipsync_measures import pearson, smooth3
@@ -35,7 +35,7 @@ def network_only(model: AudioToMouth) -> AudioToMouth:
 class _Clips:
     """Per-clip windows, targets, network output and ridge sufficient statistics per patch shape."""
 
-    def __init__(self, net: AudioToMouth, clips: list[data.Clip]) -> None:
+    def __init__(self, net: AudioToMouth, clips: list[Clip]) -> None:
         self.clips = clips
         windows = [clip_windows(c, net.context_s, net.lookahead_s) for c in clips]
         self.y = [np.nan_to_num(c.opening).astype(np.float64) for c in clips]
@@ -91,13 +91,13 @@ def _fit_on(net: AudioToMouth, cd: _Clips, idx: list[int]) -> tuple[AudioToMouth
     return AudioToMouth(params, config), choice
 
 
-def fit_blend(net: AudioToMouth, clips: list[data.Clip]) -> tuple[AudioToMouth, dict]:
+def fit_blend(net: AudioToMouth, clips: list[Clip]) -> tuple[AudioToMouth, dict]:
     """The blended model fitted on ``clips`` (shape, alpha and weight chosen by LOCO over them)."""
     net = network_only(net)
     return _fit_on(net, _Clips(net, clips), list(range(len(clips))))
 
 
-def nested_loco(net: AudioToMouth, clips: list[data.Clip], log=print) -> tuple[dict, list[dict]]:
+def nested_loco(net: AudioToMouth, clips: list[Clip], log=print) -> tuple[dict, list[dict]]:
     """Per held-out clip: agreement of the blend fitted (all choices included) on the other clips."""
     net = network_only(net)
     cd = _Clips(net, clips)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio2mouth import blend, data
+from engines.audio2mouth import blend
+from engines.audio2mouth.clips import Clip, real_clips
 from engines.audio2mouth.model import AudioToMouth
 from engines.audio2mouth.scores import Scores, clip_windows, model_scores, summarise
 from engines.lipsync_measures import agreement
 
 
-def loudness_baseline(clips: list[data.Clip]) -> Scores:
+def loudness_baseline(clips: list[Clip]) -> Scores:
     """Log energy of the mel frames in a 40 ms window centred on each video frame."""
     out = {}
     for clip in clips:
@@ -32,7 +33,7 @@ def loudness_baseline(clips: list[data.Clip]) -> Scores:
     return out
 
 
-def ridge_baseline(clips: list[data.Clip], context_s: float = 0.1, lookahead_s: float = 0.1,
+def ridge_baseline(clips: list[Clip], context_s: float = 0.1, lookahead_s: float = 0.1,
                    alpha: float = 1000.0) -> Scores:
     """Linear model on per-window-normalised mel windows, trained on the other clips (leave one out)."""
     xs, ys = [], []
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/audio2mouth-cache"))
     args = parser.parse_args()
-    clips = data.real_clips(cache=args.cache)
+    clips = real_clips(cache=args.cache)
     summarise("loudness", loudness_baseline(clips))
     summarise("ridge on mel windows (leave one clip out)", ridge_baseline(clips))
     model = AudioToMouth.load(args.weights)

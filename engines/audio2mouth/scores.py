@@ -13,20 +13,20 @@ from typing import Callable
 import numpy as np
 
 from engines import features
-from engines.audio2mouth import data
+from engines.audio2mouth.clips import Clip
 from engines.audio2mouth.model import AudioToMouth, mel_windows
 from engines.lipsync_measures import agreement
 
 Scores = dict[str, tuple[float, int, float]]  # clip name -> (r at lag 0, best lag, r at the best lag)
 
 
-def clip_windows(clip: data.Clip, context_s: float, lookahead_s: float) -> np.ndarray:
+def clip_windows(clip: Clip, context_s: float, lookahead_s: float) -> np.ndarray:
     """The server's log-mel windows of a clip's audio, one per video frame."""
     mel = features.LogMel().frames(clip.pcm)
     return mel_windows(mel, clip.times, context_s, lookahead_s)
 
 
-def model_scores(model: AudioToMouth, clips: list[data.Clip]) -> Scores:
+def model_scores(model: AudioToMouth, clips: list[Clip]) -> Scores:
     """Agreement of the model's ``open`` with each clip's real lip opening."""
     out = {}
     for clip in clips:

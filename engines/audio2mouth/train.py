@@ -11,9 +11,9 @@
                                                         # with leave-one-clip-out scores
 
 Needs Festival and espeak-ng (apt-get install -y festival festvox-kallpc16k festvox-kdlpc16k
-festvox-us-slt-hts espeak-ng) and PyTorch (training only; inference is numpy). Data: see ``data.py``
-and README.md. The optional MBROLA voices need Debian's contrib / non-free sections (mbrola,
-mbrola-us1 ... festvox-us1 ...) and festvox-rablpc16k.
+festvox-us-slt-hts espeak-ng) and PyTorch (training only; inference is numpy). Data: see ``tts.py``,
+``clips.py``, ``augment.py`` and README.md. The optional MBROLA voices need Debian's contrib /
+non-free sections (mbrola, mbrola-us1 ... festvox-us1 ...) and festvox-rablpc16k.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from engines import features
-from engines.audio2mouth import blend, data
+from engines.audio2mouth import blend, tts
+from engines.audio2mouth.augment import augment
+from engines.audio2mouth.clips import Clip, clip_targets, real_clips
 from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, ensemble, mel_windows
 from engines.audio2mouth.scores import model_scores, summarise
 
@@ -36,7 +38,7 @@ LOSS_WEIGHTS = np.array([1.0, 0.3, 0.5], np.float32)  # open, width, closure
 class Pool:
     """Training windows: TTS utterances (gathered on the fly from one long mel) + real-clip windows."""
 
-    def __init__(self, config: Config, utterances: list[data.Utterance], clips: list[data.Clip]) -> None:
+    def __init__(self, config: Config, utterances: list[tts.Utterance], clips: list[Clip]) -> None:
         logmel = features.LogMel()
         centre = features.frame_center_s(100)
         before = 100 - features.frames_centered_in(centre - config.context_s, centre + config.lookahead_s).start
@@ -60,7 +62,7 @@ class Pool:
         # real clips: windows at the video frame times, each clip several times with augmented audio
         self.real_x, self.real_y, self.real_m = [], [], []
         for clip in clips:
-            y, m = data.clip_targets(clip)
+            y, m = clip_targets(clip)
             self.real_x.append(mel_windows(logmel.frames(clip.pcm), clip.times, config.context_s, config.lookahead_s))
             self.real_y.append(y)
             self.real_m.append(m)
@@ -69,12 +71,12 @@ class Pool:
         self.frames = config.frames
 
 
-def augment_clips(clips: list[data.Clip], copies: int, seed: int) -> list[data.Clip]:
+def augment_clips(clips: list[Clip], copies: int, seed: int) -> list[Clip]:
     rng = np.random.default_rng(seed)
     out = list(clips)
     for clip in clips:
         for _ in range(copies):
-            out.append(data.Clip(clip.name, data.augment(clip.pcm, rng, 0.8), clip.times, clip.opening, clip.width))
+            out.append(Clip(clip.name, augment(clip.pcm, rng, 0.8), clip.times, clip.opening, clip.width))
     return out
 
 
@@ -176,7 +178,7 @@ def main() -> None:
     parser.add_argument("--festival", default="kal,slt,ked",
                         help="Festival voices: kal, slt, ked; also us1, us2, us3, en1 (MBROLA) and rab, which "
                              "lowered the score (README.md)")
-    parser.add_argument("--sigma", type=float, default=data.COARTICULATION_SIGMA_S,
+    parser.add_argument("--sigma", type=float, default=tts.COARTICULATION_SIGMA_S,
                         help="coarticulation smoothing of the targets, s")
     parser.add_argument("--local-frames", type=int, default=20,
                         help="also feed the detail frames relative to the maximum of the last N frames (0: off)")
@@ -190,15 +192,15 @@ def main() -> None:
     config = Config(local_frames=args.local_frames)
     t0 = time.time()
     print("real clips: mouth tracks (FaceMesh)", flush=True)
-    all_clips = data.real_clips(cache=args.cache)
+    all_clips = real_clips(cache=args.cache)
     clips = all_clips if args.real else []
     utterances = []
     if not args.no_tts:
         print("synthetic speech (Festival) with phone timing", flush=True)
-        data.COARTICULATION_SIGMA_S = args.sigma
-        utterances = data.tts_utterances(args.texts, args.copies, seed=0, log=lambda s: print(s, flush=True),
-                                         espeak_texts=args.espeak,
-                                         festival_voices=tuple(v for v in args.festival.split(",") if v))
+        tts.COARTICULATION_SIGMA_S = args.sigma
+        utterances = tts.tts_utterances(args.texts, args.copies, seed=0, log=lambda s: print(s, flush=True),
+                                        espeak_texts=args.espeak,
+                                        festival_voices=tuple(v for v in args.festival.split(",") if v))
         print(f"  {len(utterances)} utterances, {sum(len(u.pcm) for u in utterances) / 16000 / 60:.1f} min "
               f"({time.time() - t0:.0f} s)", flush=True)
     results = {}
@@ -237,7 +239,7 @@ def main() -> None:
         print(f"shipped blend (fitted on all {len(all_clips)} clips): {choice}", flush=True)
     model.save(args.out)
     if not args.no_tts and args.out == DEFAULT_WEIGHTS:
-        data.write_fixture(args.out.parent / "fixture_bilabial.npz")
+        tts.write_fixture(args.out.parent / "fixture_bilabial.npz")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)", flush=True)
     if clips:
         results["final_contaminated"] = summarise(

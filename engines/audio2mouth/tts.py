@@ -1,20 +1,15 @@
-"""Training data for the audio-to-mouth model, all produced on this machine.
+"""Synthetic speech with exact phone timing, training data for the audio-to-mouth model, all
+produced on this machine.
 
-Two sources:
-
-* **Synthetic speech with exact phone timing** (Festival, Debian packages ``festival``,
-  ``festvox-kallpc16k``, ``festvox-kdlpc16k`` and ``festvox-us-slt-hts``; espeak-ng, Debian package
-  ``espeak-ng``): sentences written below and random word sequences drawn (fixed seed) from the word
-  list below, spoken at several speaking rates (Festival) or by random espeak-ng accents, voice
-  variants, rates and pitches; the phone segments Festival reports (``utt.save.segs``) or
-  espeak-ng's phoneme events are mapped to mouth targets through :data:`VISEMES` and smoothed for
-  coarticulation.
-* **Real talking clips** (``../shared/testdata/video``, read in place, never copied): the mouth
-  track FaceMesh measures on each frame, with the clip's own audio as input.
-
-Every waveform is augmented for real microphones (gain, noise, reverberation, colouring, speed)
-before the server's own log-mel (:class:`engines.features.LogMel`) is computed on it, so
-training sees exactly the features the server computes.
+Festival (Debian packages ``festival``, ``festvox-kallpc16k``, ``festvox-kdlpc16k`` and
+``festvox-us-slt-hts``) and espeak-ng (Debian package ``espeak-ng``): sentences written below and
+random word sequences drawn (fixed seed) from the word list below, spoken at several speaking rates
+(Festival) or by random espeak-ng accents, voice variants, rates and pitches; the phone segments
+Festival reports (``utt.save.segs``) or espeak-ng's phoneme events are mapped to mouth targets
+through :data:`VISEMES` and smoothed for coarticulation. Every waveform is augmented for real
+microphones (:mod:`engines.audio2mouth.augment`) before the server's own log-mel
+(:class:`engines.features.LogMel`) is computed on it, so training sees exactly the features the
+server computes.
 """
 
 from __future__ import annotations
@@ -29,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engines import features
+from engines.audio2mouth.augment import augment, change_speed
 
 SR = features.SAMPLE_RATE
 
@@ -336,49 +332,6 @@ def phone_targets(segs: list[tuple[float, str]], n_frames: int, time_scale: floa
     return smooth.astype(np.float32)
 
 
-# --- augmentation ---------------------------------------------------------------------------------
-
-def augment(pcm: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """A random microphone: colouring, reverberation, noise and gain (speed is applied by the caller)."""
-    from scipy.signal import fftconvolve, lfilter
-
-    x = pcm.astype(np.float64)
-    if rng.random() < 0.5 * strength:  # simple EQ: a one-pole high/low shelf
-        a = rng.uniform(-0.9, 0.9)
-        x = lfilter([1.0, -a * rng.uniform(0, 1)], [1.0], x)
-    if rng.random() < 0.5 * strength:  # reverberation: exponentially decaying noise impulse response
-        rt60 = rng.uniform(0.1, 0.6)
-        n = int(rt60 * SR)
-        t = np.arange(n) / SR
-        ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
-        ir[0] = 1.0 / rng.uniform(0.05, 0.5)  # direct path against the reverberant tail
-        ir /= np.sqrt(np.sum(ir**2))
-        x = fftconvolve(x, ir)[: len(x)]
-    rms = np.sqrt(np.mean(x**2)) + 1e-9
-    if rng.random() < 0.7 * strength:  # background noise: white, pink or brown, 5..40 dB SNR
-        noise = rng.standard_normal(len(x))
-        kind = rng.integers(3)
-        if kind == 1:
-            noise = lfilter([1.0], [1.0, -0.95], noise)
-        elif kind == 2:
-            noise = lfilter([1.0], [1.0, -0.995], noise)
-        noise *= rms / (np.sqrt(np.mean(noise**2)) + 1e-9) * 10 ** (-rng.uniform(5, 40) / 20)
-        x = x + noise
-    x = x / (np.max(np.abs(x)) + 1e-9) * 10 ** (rng.uniform(-35, -1) / 20)  # peak level -35..-1 dBFS
-    return x.astype(np.float32)
-
-
-def change_speed(pcm: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``factor`` times faster (pitch and formants move with it); times scale by 1/factor."""
-    from scipy.signal import resample_poly
-
-    up = 100
-    down = int(round(100 * factor))
-    return resample_poly(pcm, up, down).astype(np.float32)
-
-
-# --- the two sources ------------------------------------------------------------------------------
-
 def tts_utterances(n_texts: int, copies: int, seed: int = 0, log=print, espeak_texts: int = 0,
                    festival_voices: tuple[str, ...] = ("kal", "slt")) -> list[Utterance]:
     """Festival speech for ``n_texts`` texts per voice and speaking rate, plus ``espeak_texts`` texts
@@ -419,73 +372,6 @@ def tts_utterances(n_texts: int, copies: int, seed: int = 0, log=print, espeak_t
         add("espeak", [(pcm, [(max(end - ESPEAK_SHIFT_S, 0.0), p) for end, p in segs]) for pcm, segs in spoken])
         log(f"  espeak-ng: {len(spoken)} texts x {copies} copies")
     return out
-
-
-VIDEO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "video"
-
-
-@dataclass
-class Clip:
-    """A real talking clip: its audio, and the FaceMesh mouth track per video frame."""
-
-    name: str
-    pcm: np.ndarray
-    times: np.ndarray  # video frame times, s
-    opening: np.ndarray  # engines.face.mouth_opening per frame
-    width: np.ndarray  # mouth-corner distance / eye distance per frame
-
-
-def real_clips(video_dir: Path = VIDEO_DIR, cache: Path | None = None, log=print) -> list[Clip]:
-    """Mouth tracks of every clip with audio in ``video_dir`` (cached as .npz in ``cache``, if given)."""
-    from engines import media_io
-    from engines.face import MOUTH_CORNERS, FaceLandmarker, face_scale, mouth_opening
-
-    paths = sorted(p for p in video_dir.glob("*.mp4"))
-    if not paths:
-        raise SystemExit(f"no clips in {video_dir}")
-    clips = []
-    for path in paths:
-        cached = cache / f"{path.stem}.npz" if cache else None
-        if cached is not None and cached.exists():
-            d = np.load(cached)
-            clips.append(Clip(path.stem, d["pcm"], d["times"], d["opening"], d["width"]))
-            continue
-        try:
-            pcm = media_io.load_audio(path, SR)
-        except ValueError:
-            log(f"  {path.name}: no audio, skipped")
-            continue
-        times, opening, width = [], [], []
-        with FaceLandmarker(tracking=True) as landmarker:
-            for t, rgb in media_io.video_frames(path):
-                faces = landmarker.faces(rgb)
-                times.append(t)
-                if faces:
-                    lm = faces[0].landmarks
-                    opening.append(mouth_opening(lm))
-                    a, b = MOUTH_CORNERS
-                    width.append(float(np.linalg.norm(lm[a, :2] - lm[b, :2])) / max(face_scale(lm), 1e-6))
-                else:
-                    opening.append(np.nan)
-                    width.append(np.nan)
-        clip = Clip(path.stem, pcm, np.array(times), np.array(opening), np.array(width))
-        if cached is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            np.savez(cached, pcm=clip.pcm, times=clip.times, opening=clip.opening, width=clip.width)
-        log(f"  {path.name}: {len(times)} frames, {np.isnan(clip.opening).sum()} without a face")
-        clips.append(clip)
-    return clips
-
-
-def clip_targets(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, mask) per video frame: open = opening / 0.35; width centred on the clip's median."""
-    from engines.mouth import OPENING_AT_FULL
-
-    open_ = np.clip(clip.opening / OPENING_AT_FULL, 0, 1)
-    width = np.clip((clip.width - np.nanmedian(clip.width)) * 8.0, -1, 1)
-    targets = np.stack([open_, width, np.zeros_like(open_)], 1).astype(np.float32)
-    mask = np.stack([np.isfinite(open_), np.isfinite(width) * 0.3, np.zeros_like(open_)], 1).astype(np.float32)
-    return np.nan_to_num(targets), mask
 
 
 FIXTURE_TEXT = "Mama, a palm. Bob may pop by."
