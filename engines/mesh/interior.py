@@ -132,7 +132,3 @@ def _sorted_local(p: np.ndarray, origin: np.ndarray, ax: np.ndarray, ay: np.ndar
 
 def _over(base: np.ndarray, top: np.ndarray, a: np.ndarray) -> np.ndarray:
     return base + (top - base) * a[..., None]
-
-
-def smooth01(x: float, e0: float, e1: float) -> float:
-    return float(G.smoothstep(e0, e1, np.float64(x)))
