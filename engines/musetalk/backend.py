@@ -68,6 +68,8 @@ class _Stream:
 
 
 class MuseTalkBackend(Backend):
+    """MuseTalk 1.5's exported models run as one step per frame on the face crop, pasted back into the frame."""
+
     name = "musetalk"
     description = "MuseTalk 1.5 (UNet one step in SD-VAE latent space, Whisper-tiny audio), ONNX Runtime / TensorRT"
     lookahead_s = LOOKAHEAD_S
