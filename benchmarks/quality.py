@@ -6,13 +6,19 @@ frame generated); then the inner-lip opening of the output is compared with the 
 and the face above the nose with the portrait (identity kept). Writes a contact sheet PNG per clip
 (output frames, and the opening curves: output in orange, real in blue) and a JSON summary.
 
-    python -m benchmarks.quality [--backend mesh] [--clips NAME ...]
+    python -m benchmarks.quality [--backend mesh] [--clips NAME ...] [--no-headaudio]
     python -m benchmarks.quality --held-out    # mesh: each clip driven by an audio-to-mouth model whose
                                                # real-clip blend was fitted without that clip (honest)
 
 The committed ``mesh`` model's ``open`` blend (engines/audio2mouth/blend.py) is fitted on these same
 clips, so the plain figure flatters it; ``--held-out`` refits that blend on the other clips for each
 clip (every choice included) and renders through ``LIPSYNC_MOUTH_WEIGHTS``.
+
+Beside the rendered output, two predictor columns (no face rendered; each per-frame track is scored
+against the same real opening with the same ``agreement``): ``loudness`` (frame loudness: the log
+energy of the server's mel frames in 40 ms around each frame, as ``engines.audio2mouth.evaluate``)
+and ``headaudio`` (the npm peer ``@met4citizen/headaudio`` run in node, its Oculus visemes mapped to an
+opening by ``benchmarks.headaudio.OPENING``; needs node and npm, installed on first use).
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ import numpy as np
 from benchmarks.results_io import RESULTS, ROOT, save
 from engines.face import FaceLandmarker
 from engines.lipsync_measures import agreement, at_times, identity_ssim, mouth_track, smooth3
-from engines.media_io import video_fps, video_frames
+from engines.media_io import load_audio, video_fps, video_frames
 from stream_server.render import render
 
 VIDEOS = ROOT.parent / "shared" / "testdata" / "video"
 # An output whose opening varies less than this has a still mouth: its "correlation" would only
 # be coding noise, so it scores 0.
 STILL_STD = 0.002
+HEADAUDIO_COLUMN = True  # the peer column (main() turns it off with --no-headaudio)
 
 
 def clips_with_audio() -> list[Path]:
@@ -71,6 +78,41 @@ def contact_sheet(frames: list[np.ndarray], output: np.ndarray, real: np.ndarray
     cv2.putText(plot, "output", (width - 180, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (230, 120, 20), 1, cv2.LINE_AA)
     cv2.putText(plot, "real", (width - 90, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (40, 90, 200), 1, cv2.LINE_AA)
     return np.concatenate([strip, plot], axis=0)
+
+
+def loudness_track(clip: Path, times: np.ndarray) -> np.ndarray:
+    """Frame loudness, the baseline predictor: log energy of the server's log-mel frames in a 40 ms
+    window centred on each frame time (``engines.audio2mouth.evaluate.loudness_baseline``)."""
+    from engines import features
+    from engines.audio2mouth.model import mel_windows
+
+    mel = features.LogMel().frames(load_audio(clip, features.SAMPLE_RATE))
+    w = mel_windows(mel, times, 0.02, 0.02).astype(np.float64)
+    return np.log(np.exp(w).sum(axis=2).mean(axis=1) + 1e-10)
+
+
+def predictor_columns(clip: Path, times: np.ndarray, real: np.ndarray, headaudio: bool) -> dict[str, Any]:
+    """r at lag 0, best lag and r there of the audio-only predictors against the real opening."""
+    tracks = {"loudness": loudness_track(clip, times)}
+    if headaudio:
+        from benchmarks.headaudio import headaudio_track
+
+        peer = headaudio_track(clip, times)
+        tracks["headaudio"], tracks["headaudio_labels"] = peer["values"], peer["labels"]
+    row: dict[str, Any] = {}
+    for name, track in tracks.items():
+        r0, lag, r_best = agreement(track, real)
+        row.update({f"{name}_r_lag0": round(r0, 3), f"{name}_best_lag": lag, f"{name}_r_best": round(r_best, 3)})
+    return row
+
+
+def headaudio_info() -> dict[str, Any]:
+    """What the headaudio column ran: the package, its version, and the viseme-to-opening table."""
+    if not HEADAUDIO_COLUMN:
+        return {}
+    from benchmarks.headaudio import OPENING, installed_version
+
+    return {"headaudio": {"package": "@met4citizen/headaudio", "version": installed_version(), "opening": OPENING}}
 
 
 def measure_clip(clip: Path, backend: str, work: Path, sheets: Path) -> dict[str, Any]:
@@ -106,6 +148,7 @@ def measure_clip(clip: Path, backend: str, work: Path, sheets: Path) -> dict[str
         "identity_ssim": round(kept, 4),
         "face_found_output": float(np.mean(~np.isnan(produced))),
         "render_s": round(render_s, 1),
+        **predictor_columns(clip, produced_times, real, HEADAUDIO_COLUMN),
     }
 
 
@@ -150,7 +193,11 @@ def main() -> None:
     parser.add_argument("--clips", nargs="*", help="clip file names (default: every clip with audio)")
     parser.add_argument("--held-out", action="store_true",
                         help="mesh only: per clip, the audio-to-mouth blend refitted without that clip")
+    parser.add_argument("--no-headaudio", action="store_true",
+                        help="leave out the headaudio peer column (it needs node and npm)")
     args = parser.parse_args()
+    global HEADAUDIO_COLUMN
+    HEADAUDIO_COLUMN = not args.no_headaudio
     if args.held_out and args.backend != "mesh":
         raise SystemExit("--held-out applies to the mesh backend (its audio-to-mouth blend is fitted on these clips)")
     clips = clips_with_audio()
@@ -172,14 +219,19 @@ def main() -> None:
                 row = measure_clip(clip, args.backend, Path(work), sheets)
             rows.append(row)
             print(f"[{n}/{len(clips)}] {row['clip']}: r {row['r_lag0']:+.3f} at lag 0, best lag {row['best_lag']:+d} "
-                  f"(r {row['r_best']:+.3f}), identity SSIM {row['identity_ssim']:.3f}", flush=True)
+                  f"(r {row['r_best']:+.3f}), identity SSIM {row['identity_ssim']:.3f}; loudness r {row['loudness_r_lag0']:+.3f}"
+                  + (f", headaudio r {row['headaudio_r_lag0']:+.3f}" if "headaudio_r_lag0" in row else ""), flush=True)
     summary = {
         "mean_r_lag0": round(float(np.mean([r["r_lag0"] for r in rows])), 3),
         "mean_best_lag": round(float(np.mean([r["best_lag"] for r in rows])), 2),
         "mean_identity_ssim": round(float(np.nanmean([r["identity_ssim"] for r in rows])), 4),
     }
+    for column in ("loudness", "headaudio", "headaudio_labels"):  # the predictor columns
+        if f"{column}_r_lag0" in rows[0]:
+            summary[f"{column}_mean_r_lag0"] = round(float(np.mean([r[f"{column}_r_lag0"] for r in rows])), 3)
+            summary[f"{column}_mean_best_lag"] = round(float(np.mean([r[f"{column}_best_lag"] for r in rows])), 2)
     out = save(name, {"benchmark": "quality", "backend": args.backend, "held_out": args.held_out,
-                      "summary": summary, "clips": rows})
+                      "summary": summary, "clips": rows, **headaudio_info()})
     print(json.dumps(summary, indent=2))
     print(f"wrote {out.relative_to(ROOT)} and contact sheets in {sheets.relative_to(ROOT)}/")
 
