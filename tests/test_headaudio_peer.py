@@ -1,5 +1,6 @@
-"""The headaudio peer column of benchmarks.quality: its viseme-to-opening table, and (only where the
-benchmark has installed the npm package, never in CI) that its node runner gives one value per frame."""
+"""The headaudio peer column of benchmarks.quality: its viseme-to-opening table, and (where the npm
+package is installed: .ci/run installs it, as the benchmark does on first use) that its node
+runner gives one value per frame."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_opening_is_the_weighted_table():
 
 
 @pytest.mark.skipif(shutil.which("node") is None or not (headaudio.HERE / "node_modules").exists(),
-                    reason="the headaudio npm package is installed by the benchmark on first use")
+                    reason="the headaudio npm package is not installed (cd benchmarks/peers/headaudio && npm ci)")
 def test_node_runner_gives_one_value_per_frame(tmp_path):
     import json
     import subprocess
