@@ -66,6 +66,24 @@ class Avatar:
         return self.image is None
 
 
+MOUTH_GAIN_RANGE = (0.5, 3.0)  # the mouth gains a user may ask for
+DEFAULT_MOUTH_GAIN = 2.0  # tuned on the bundled portrait: see README, "Expressiveness"
+
+
+@dataclass(frozen=True)
+class Expression:
+    """How expressive a stream's avatar is: set per stream by its user (the ``mouth_gain``
+    option of ``render``, ``/offer`` and channels) and carried on every :class:`FrameJob`.
+
+    ``mouth_gain`` scales the mouth opening the audio drives (1: as predicted; real speakers
+    open their mouths less than an animated avatar should). A backend uses the fields it
+    understands and ignores the rest (``passthrough`` and ``musetalk`` ignore them all); later
+    fields (an emotion...) are added here, each with a default that changes nothing.
+    """
+
+    mouth_gain: float = DEFAULT_MOUTH_GAIN
+
+
 @dataclass
 class FrameJob:
     """One output frame to generate."""
@@ -76,6 +94,7 @@ class FrameJob:
     audio: AudioWindow
     base_frame: np.ndarray  # RGB uint8 HxWx3 at the output size
     avatar: Avatar
+    expression: Expression = Expression()  # the stream's, the same for each of its jobs
 
 
 @dataclass(frozen=True)

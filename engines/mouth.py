@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +28,15 @@ class MouthParams:
     def from_array(cls, values: np.ndarray) -> "MouthParams":
         open_, width, closure = (float(v) for v in values[:3])
         return cls(float(np.clip(open_, 0, 1)), float(np.clip(width, -1, 1)), float(np.clip(closure, 0, 1)))
+
+    def with_gain(self, gain: float) -> "MouthParams":
+        """The opening scaled by ``gain`` about the closed mouth (``Expression.mouth_gain``), at
+        most 1. A closed mouth (silence) stays closed, and so does a bilabial hold: ``closure``
+        closes the lips whatever the opening. Width and closure are kept: gain is how far the
+        mouth opens, not which shape it makes."""
+        if gain == 1.0:
+            return self
+        return replace(self, open=float(np.clip(self.open * gain, 0.0, 1.0)))
 
 
 OPENING_AT_FULL = 0.35  # mouth_opening() value that open = 1.0 stands for

@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
+from engines.base import DEFAULT_MOUTH_GAIN, MOUTH_GAIN_RANGE
 from engines.registry import BackendRegistry
 from engines import features
 from stream_server import metrics, whip
@@ -124,6 +125,7 @@ async def config(request: web.Request) -> web.Response:
             "token_required": bool(server.settings.token),
             "max_sessions": server.settings.max_sessions,
             "max_upload_bytes": server.settings.max_upload_bytes,
+            "mouth_gain": {"default": DEFAULT_MOUTH_GAIN, "min": MOUTH_GAIN_RANGE[0], "max": MOUTH_GAIN_RANGE[1]},
         }
     )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from engines.auto import AUTO
-from engines.base import BackendExport
+from engines.base import DEFAULT_MOUTH_GAIN, MOUTH_GAIN_RANGE, BackendExport
 from engines.registry import DEFAULT_BACKEND, backend_names, importable_backends, load_entry
 
 EXPORT_EXTRA = "export needs PyTorch, diffusers, transformers and onnx (pip install '.[export]')"
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     render.add_argument("--width", type=int, default=None, help="output width (default: the avatar's)")
     render.add_argument("--height", type=int, default=None, help="output height (default: the avatar's)")
+    render.add_argument(
+        "--mouth-gain", type=float, default=DEFAULT_MOUTH_GAIN, metavar="G",
+        help=f"how far the mouth opens against what the audio predicts, {MOUTH_GAIN_RANGE[0]} to "
+        f"{MOUTH_GAIN_RANGE[1]} (default {DEFAULT_MOUTH_GAIN}; backends that do not support it ignore it)",
+    )
     render.add_argument(
         "--timing",
         choices=["ideal", "realtime"],
@@ -246,7 +251,8 @@ def render_command(args: argparse.Namespace) -> int:
     if args.width is not None:
         size = (args.width // 2 * 2, args.height // 2 * 2)
     try:
-        result = render(args.avatar, args.audio, args.output, args.backend, args.fps, size, args.timing)
+        result = render(args.avatar, args.audio, args.output, args.backend, args.fps, size, args.timing,
+                        mouth_gain=args.mouth_gain)
     except (RenderError, AvatarFileError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engines.base import DEFAULT_MOUTH_GAIN, MOUTH_GAIN_RANGE, Expression
 from engines.registry import BackendRegistry, backend_names
 from stream_server.avatars import CAMERA, AvatarLibrary
 from stream_server.config import Settings
 
-OPTION_NAMES = ("backend", "avatar", "fps", "width", "height")
+OPTION_NAMES = ("backend", "avatar", "fps", "width", "height", "mouth_gain")
 MIN_SIDE, MAX_SIDE = 64, 1920
 CAMERA_SIZE = (640, 480)  # used when the camera sends nothing to take the size from
 
@@ -27,6 +28,12 @@ class SessionOptions:
     fps: int
     width: int | None  # None: the camera's own size, known at its first frame
     height: int | None
+    mouth_gain: float = DEFAULT_MOUTH_GAIN  # Expression.mouth_gain
+
+    @property
+    def expression(self) -> Expression:
+        """What the stream's frame jobs carry (``FrameJob.expression``)."""
+        return Expression(mouth_gain=self.mouth_gain)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -54,18 +61,31 @@ def parse_options(raw: Any, settings: Settings, avatars: AvatarLibrary, backends
         raise OptionError(f"unknown avatar {avatar!r}", avatars.names())
 
     fps = _integer(raw, "fps", settings.fps, 1, 60)
+    mouth_gain = mouth_gain_option(raw.get("mouth_gain", DEFAULT_MOUTH_GAIN))
     if ("width" in raw) != ("height" in raw):
         raise OptionError("give both width and height, or neither", ["width", "height"])
     if "width" not in raw:
         if avatar == CAMERA:
-            return SessionOptions(backend, avatar, fps, None, None)
+            return SessionOptions(backend, avatar, fps, None, None, mouth_gain)
         image = avatars.image(avatar)
         assert image is not None
-        return SessionOptions(backend, avatar, fps, image.shape[1], image.shape[0])
+        return SessionOptions(backend, avatar, fps, image.shape[1], image.shape[0], mouth_gain)
     width = _integer(raw, "width", 0, MIN_SIDE, MAX_SIDE)
     height = _integer(raw, "height", 0, MIN_SIDE, MAX_SIDE)
     # the encoders need even sides
-    return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2)
+    return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2, mouth_gain)
+
+
+def mouth_gain_option(value: Any) -> float:
+    """A valid mouth gain (``Expression.mouth_gain``), or OptionError saying the range; ``render``
+    checks its ``--mouth-gain`` here too."""
+    low, high = MOUTH_GAIN_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise OptionError(f"mouth_gain must be a number from {low} to {high}, got {value!r}", [low, high])
+    if not low <= value <= high:
+        raise OptionError(f"mouth_gain must be from {low} to {high} (1: the opening as predicted; "
+                          f"default {DEFAULT_MOUTH_GAIN}), got {value}", [low, high])
+    return float(value)
 
 
 def camera_size(width: int, height: int, longest: int = 1280) -> tuple[int, int]:

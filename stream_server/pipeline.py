@@ -23,7 +23,7 @@ import av
 import cv2
 import numpy as np
 
-from engines.base import Avatar, Backend, FrameJob
+from engines.base import Avatar, Backend, Expression, FrameJob
 from engines.images import fit_cover
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.camera_in import CameraFrames, CameraIn
@@ -97,9 +97,11 @@ class StreamPipeline:
         failures_before_fallback: int = 3,
         on_event: Callable[[str], None] = _ignore,
         on_failure: Callable[[str, bool], None] = _ignore,
+        expression: Expression = Expression(),
     ) -> None:
         self.stream_id = stream_id
         self.generation = generation
+        self.expression = expression  # the stream's, put in each of its jobs
         backend = generation.backend
         config = SchedulerConfig(fps=fps, lookahead_s=backend.lookahead_s, budget_s=budget_for(backend_s, fps, min_budget_s))
         self.scheduler: FrameScheduler[np.ndarray] = FrameScheduler(config, backend_s=backend_s)
@@ -137,8 +139,8 @@ class StreamPipeline:
         time_s = self.scheduler.slot_time(slot)
         backend, avatar = self.backend, self.avatar
         audio = self.audio_in.window(time_s, backend.context_s, backend.lookahead_s)
-        base = self.frames.pick(time_s)
-        return lambda: FrameJob(self.stream_id, slot, time_s, audio, base(), avatar)
+        base, expression = self.frames.pick(time_s), self.expression
+        return lambda: FrameJob(self.stream_id, slot, time_s, audio, base(), avatar, expression)
 
     def completed(self, slot: int, frame: np.ndarray, now: float, service_s: float | None) -> None:
         self._failures_in_row = 0
@@ -198,6 +200,7 @@ class LivePipeline(StreamPipeline):
         failures_before_fallback: int = 3,
         on_event: Callable[[str], None] = _ignore,
         on_failure: Callable[[str, bool], None] = _ignore,
+        expression: Expression = Expression(),
     ) -> None:
         self.clock = MediaClock()
         self.camera = CameraIn()
@@ -210,7 +213,7 @@ class LivePipeline(StreamPipeline):
             frames = Portrait(fit_cover(avatar.image, *size))
         super().__init__(
             stream_id, generation, fps, expected_backend_s(typical_fps, fps), min_budget_s, frames, AudioIn(),
-            failures_before_fallback, on_event, on_failure,
+            failures_before_fallback, on_event, on_failure, expression,
         )
         self.size = size  # the output size; for the camera without a size asked for, its own (first frame)
         self.ledger = ledger

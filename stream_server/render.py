@@ -21,11 +21,13 @@ import av
 import numpy as np
 
 from engines.auto import AUTO, choose_backend
+from engines.base import DEFAULT_MOUTH_GAIN, Expression
 from engines.images import fit_cover, read_image
 from engines.media_io import load_audio
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.avatars import BUNDLED
+from stream_server.options import OptionError, mouth_gain_option
 from stream_server.pipeline import Generation, MakeFrame, Portrait, StreamPipeline, expected_backend_s
 from stream_server.scheduler import MIN_BUDGET_S, Emission
 from stream_server.simulate import simulate
@@ -122,11 +124,16 @@ def render(
     timing: str = "ideal",
     registry: BackendRegistry | None = None,
     progress: bool = True,
+    mouth_gain: float = DEFAULT_MOUTH_GAIN,
 ) -> RenderResult:
     started = time.perf_counter()
     registry = registry or BackendRegistry(BUNDLED["astronaut"])
     if timing not in ("ideal", "realtime"):
         raise RenderError("timing must be 'ideal' or 'realtime'")
+    try:
+        expression = Expression(mouth_gain=mouth_gain_option(mouth_gain))
+    except OptionError as exc:
+        raise RenderError(str(exc)) from exc
     if not audio.is_file():
         raise RenderError(f"audio file {audio} does not exist")
     try:
@@ -161,7 +168,8 @@ def render(
     backend_s = 0.0 if timing == "ideal" else expected_backend_s(registry.info(backend_name).typical_fps, fps)
     frames = Portrait(portrait) if portrait is not None else VideoBase(avatar_path, size)
     pipeline = StreamPipeline(
-        "render", Generation(backend, prepared), fps, backend_s, MIN_BUDGET_S, frames, AudioIn(capacity_s=max(12.0, duration + 2.0))
+        "render", Generation(backend, prepared), fps, backend_s, MIN_BUDGET_S, frames, AudioIn(capacity_s=max(12.0, duration + 2.0)),
+        expression=expression,
     )
     chunks = list(audio_frames(pcm48))
     measured: dict[int, float] = {}

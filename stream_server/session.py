@@ -76,6 +76,7 @@ class Session:
         self.pipeline = LivePipeline(
             self.id, Generation(backend, avatar, worker), options.fps, size, typical_fps, min_budget_s, self.ledger,  # type: ignore[arg-type]
             self.limits.failures_before_fallback, on_event=self.add_event, on_failure=self._start_fallback,
+            expression=options.expression,
         )
         servers = [RTCIceServer(**server) for server in ice_servers or []]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
@@ -242,6 +243,7 @@ class Session:
             uptime_s=time.monotonic() - self.created,
         )
         snapshot["fallbacks"] = list(self.fallbacks)
+        snapshot["mouth_gain"] = self.options.mouth_gain
         return snapshot
 
     async def close(self, reason: str = "closed") -> None:

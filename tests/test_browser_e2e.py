@@ -293,12 +293,16 @@ def test_bundled_avatar_lip_syncs_with_mesh(browser, server):
     _open_page(browser, server)
     _select(browser, "backend", "mesh")
     _select(browser, "avatar", "astronaut")
+    assert browser.execute_script("return document.getElementById('mouth-gain').value") == "2"  # /config's default
+    browser.execute_script("document.getElementById('mouth-gain').value = '2.5'")
     _start_and_wait_playing(browser)
 
     rates = _measure_fps(browser, 6.0)
     print("astronaut output video:", json.dumps(rates))
     assert rates.get("decoded_per_s", 0) >= 20.0, f"output video too slow: {rates}"
     assert _text(browser, "error") == ""
+    # the page sent the mouth gain with the offer: the server's answer and its figures echo it
+    assert "mouth gain 2.5)" in _text(browser, "events") and _text(browser, "stat-mouth-gain") == "2.50"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser_e2e_astronaut_mesh.png"))
 

@@ -151,6 +151,7 @@ async def test_a_whip_producer_reaches_whep_viewers_in_sync_and_is_recorded(star
         ("POST", "/channels", {"Content-Type": "application/json"}, '{"name": "a b"}', 400, "bad channel name"),
         ("POST", "/channels", {"Content-Type": "application/json"}, '{"name": "studio"}', 409, "exists already"),
         ("POST", "/channels", {"Content-Type": "application/json"}, '{"name": "x", "options": {"backend": "nope"}}', 400, "unknown backend"),
+        ("POST", "/channels", {"Content-Type": "application/json"}, '{"name": "x", "options": {"mouth_gain": 9}}', 400, "mouth_gain must be from 0.5 to 3.0"),
         ("DELETE", "/channels/studio/recording", {}, None, 404, "not recording"),
         ("GET", "/view/nowhere", {}, None, 404, "no channel"),
     ],

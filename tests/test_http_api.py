@@ -62,8 +62,13 @@ async def test_malformed_offers_get_a_clear_400(server_url: str, body: bytes, st
         ({"fps": "fast"}, "fps must be a whole number", [1, 60]),
         ({"width": 100}, "both width and height", ["width", "height"]),
         ({"width": 10, "height": 10}, "width must be from 64 to 1920", [64, 1920]),
-        ({"colour": "blue"}, "unknown option(s) colour", ["backend", "avatar", "fps", "width", "height"]),
-        ("camera", "options must be a JSON object", ["backend", "avatar", "fps", "width", "height"]),
+        ({"colour": "blue"}, "unknown option(s) colour", ["backend", "avatar", "fps", "width", "height", "mouth_gain"]),
+        ("camera", "options must be a JSON object", ["backend", "avatar", "fps", "width", "height", "mouth_gain"]),
+        ({"mouth_gain": 10}, "mouth_gain must be from 0.5 to 3.0", [0.5, 3.0]),
+        ({"mouth_gain": 0.1}, "mouth_gain must be from 0.5 to 3.0", [0.5, 3.0]),
+        ({"mouth_gain": "loud"}, "mouth_gain must be a number from 0.5 to 3.0, got 'loud'", [0.5, 3.0]),
+        ({"mouth_gain": True}, "mouth_gain must be a number", [0.5, 3.0]),
+        ({"mouth_gain": None}, "mouth_gain must be a number", [0.5, 3.0]),
     ],
 )
 async def test_unknown_options_are_rejected_with_the_valid_values(server_url: str, options: object, message: str, valid: list) -> None:
@@ -107,15 +112,17 @@ async def test_a_session_streams_stats_and_is_closed_by_delete(server_url: str) 
     pc.addTransceiver("video", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "options": {"avatar": "astronaut"}}
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", "options": {"avatar": "astronaut", "mouth_gain": 1.5}}
         async with http.post(f"{server_url}/offer", json=body) as response:
             answer = await response.json()
         assert response.status == 200 and answer["options"]["width"] == 512
+        assert answer["options"]["mouth_gain"] == 1.5  # echoed, and in the stats below
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         async with http.ws_connect(f"{server_url}/ws/stats?session={answer['session_id']}") as socket:
             stats = [await socket.receive_json(timeout=5) for _ in range(4)]
             stats = [s for s in stats if s["type"] == "stats"]
             assert stats[-1]["session_id"] == answer["session_id"] and stats[-1]["fps_target"] == 25
+            assert stats[-1]["mouth_gain"] == 1.5
             assert stats[-1]["fps_out"] is not None and stats[-1]["fps_out"] > 15
             async with http.delete(f"{server_url}/sessions/{answer['session_id']}") as response:
                 assert response.status == 200

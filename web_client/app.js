@@ -19,7 +19,10 @@ const state = {
   statsTimer: null,
   prevInbound: null, // previous inbound-rtp video report, for framesDecoded deltas
   running: false,    // true between a successful start and stop
-  config: { fps_choices: [15, 20, 25, 30], default_fps: 25, ice_servers: [], token_required: false },
+  config: {
+    fps_choices: [15, 20, 25, 30], default_fps: 25, ice_servers: [], token_required: false,
+    mouth_gain: { default: 2, min: 0.5, max: 3 },
+  },
 };
 window.lipsync = state;
 
@@ -192,6 +195,14 @@ async function loadChoices() {
 
   fillSelect($('fps'), state.config.fps_choices.map((f) => ({ value: f, label: `${f}` })),
     state.config.default_fps);
+
+  const gain = state.config.mouth_gain;
+  Object.assign($('mouth-gain'), { min: gain.min, max: gain.max, value: gain.default });
+}
+
+// The mouth gain typed in; the server refuses (with the range) one out of range.
+function mouthGain() {
+  return Number($('mouth-gain').value || state.config.mouth_gain.default);
 }
 
 // ---------------------------------------------------------------------------- session
@@ -209,7 +220,7 @@ function waitForIceGathering(pc) {
 function setRunningUi(running) {
   $('start').disabled = running;
   $('stop').disabled = !running;
-  for (const id of ['avatar', 'backend', 'fps', 'token']) $(id).disabled = running;
+  for (const id of ['avatar', 'backend', 'fps', 'mouth-gain', 'token']) $(id).disabled = running;
 }
 
 function resetStats() {
@@ -266,6 +277,7 @@ async function start() {
           backend: $('backend').value,
           avatar: $('avatar').value,
           fps: Number($('fps').value),
+          mouth_gain: mouthGain(),
         },
       }),
     });
@@ -278,7 +290,7 @@ async function start() {
     state.sessionId = answer.session_id;
     const opts = answer.options || {};
     logEvent(`session ${answer.session_id} started` +
-      (opts.backend ? ` (backend ${opts.backend}, avatar ${opts.avatar}, ${opts.fps} fps)` : ''));
+      (opts.backend ? ` (backend ${opts.backend}, avatar ${opts.avatar}, ${opts.fps} fps, mouth gain ${opts.mouth_gain})` : ''));
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
 
     openStatsSocket(answer.session_id);
@@ -382,6 +394,7 @@ function renderServerStats(s) {
   const frames = s.frames || {};
   const lat = s.latency_ms || {};
   setText('stat-fps-out', fmt(s.fps_out, 1));
+  setText('stat-mouth-gain', fmt(s.mouth_gain, 2));
   const fallbacks = s.fallbacks || [];
   setText('stat-backend', fallbacks.length ? `${s.backend} (fallback: ${fallbacks[fallbacks.length - 1].from} failed)` : fmt(s.backend));
   $('stat-backend').dataset.fallback = fallbacks.length ? 'yes' : 'no';

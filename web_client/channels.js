@@ -57,7 +57,9 @@ async function refreshChannels() {
 $('channel-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const name = $('channel-name').value.trim();
-  const options = { backend: $('backend').value, avatar: $('avatar').value, fps: Number($('fps').value) };
+  const options = {
+    backend: $('backend').value, avatar: $('avatar').value, fps: Number($('fps').value), mouth_gain: mouthGain(),
+  };
   channelCall('POST', '/channels', { name, options })
     .then(() => { $('channel-name').value = ''; logEvent(`channel ${name} created: send to ${location.origin}/whip/${name}`); refreshChannels(); })
     .catch((err) => showError(err.message));

@@ -17,6 +17,9 @@ frames pasted through each mask. A frame without a face goes out unchanged, coun
 ``face_lost``. Every frame with a face runs the models, silent ones too:
 the registry measures ``typical_fps`` on silence, so skipping silence would make the scheduler's
 budget optimistic (a cheap silence path needs a calibration on speech first).
+
+The job's ``expression`` is ignored: the UNet draws the mouth from the audio tokens, with no
+opening parameter a ``mouth_gain`` could scale.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``passthrough``: returns the base frame unchanged. The fallback, and the baseline for tests."""
+"""``passthrough``: returns the base frame unchanged. The fallback, and the baseline for tests.
+It ignores the job's ``expression`` (there is no mouth to scale)."""
 
 from __future__ import annotations
 
