@@ -144,13 +144,75 @@ class HeldOutWeights:
                 os.environ[WEIGHTS_ENV] = previous
 
 
+class SpeakerHeldOutWeights:
+    """Audio-to-mouth weights trained (``train.fit_real``, the ``--real-corpus`` recipe) without the held-out
+    clip's SPEAKER: speakers of ../shared/corpus and of these clips dealt into ``folds`` folds
+    (``clips.speaker_folds``, the same folds as ``train --real-corpus --folds``); one model per fold, trained
+    when a clip of that fold is first rendered, written to a temporary weights file, served to ``mesh``."""
+
+    def __init__(self, work: Path, folds: int = 5) -> None:
+        from engines.audio2mouth import clips as clip_sets
+
+        self.work = work
+        self.clips = clip_sets.corpus_clips(log=lambda s: None) + clip_sets.testdata_clips(VIDEOS, log=lambda s: None)
+        self.folds = clip_sets.speaker_folds(self.clips, folds)
+        self.paths: dict[int, Path] = {}
+
+    def fold_of(self, clip: Path) -> int:
+        speaker = next(c.speaker for c in self.clips if c.path is not None and c.path.name == clip.name)
+        return next(k for k, f in enumerate(self.folds) if speaker in f)
+
+    def speaker_of(self, clip: Path) -> str:
+        return next(c.speaker for c in self.clips if c.path is not None and c.path.name == clip.name)
+
+    @contextmanager
+    def without(self, clip: Path) -> Iterator[None]:
+        from engines.audio2mouth.train import fit_real
+        from engines.mesh.backend import WEIGHTS_ENV
+
+        k = self.fold_of(clip)
+        if k not in self.paths:
+            held = set(self.folds[k])
+            started = time.perf_counter()
+            model = fit_real([c for c in self.clips if c.speaker not in held], log=lambda s: None)
+            self.paths[k] = self.work / f"without_fold{k}.npz"
+            model.save(self.paths[k])
+            print(f"  fold {k + 1}/{len(self.folds)}: trained without its {len(held)} speakers "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        previous = os.environ.get(WEIGHTS_ENV)
+        os.environ[WEIGHTS_ENV] = str(self.paths[k])
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(WEIGHTS_ENV, None)
+            else:
+                os.environ[WEIGHTS_ENV] = previous
+
+
+def loudness_agreement(clip: Path) -> tuple[float, int]:
+    """(r at lag 0, best lag) of the clip's own 40 ms loudness against its real lip opening (the baseline)."""
+    from engines.audio2mouth import clips as clip_sets
+    from engines.audio2mouth.real import loudness
+
+    d = clip_sets.track(clip)
+    c = clip_sets.Clip(clip.stem, d["pcm"], d["times"], d["opening"], d["width"])
+    r0, lag, _ = agreement(loudness(c), c.opening)
+    return r0, lag
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="mesh")
     parser.add_argument("--clips", nargs="*", help="clip file names (default: every clip with audio)")
     parser.add_argument("--held-out", action="store_true",
                         help="mesh only: per clip, the audio-to-mouth blend refitted without that clip")
+    parser.add_argument("--held-out-speakers", type=int, nargs="?", const=5, default=0, metavar="FOLDS",
+                        help="mesh only: per clip, an audio-to-mouth model trained on the real corpus without that "
+                             "clip's speaker (train --real-corpus recipe, FOLDS speaker folds, default 5)")
     args = parser.parse_args()
+    if args.held_out_speakers and args.backend != "mesh":
+        raise SystemExit("--held-out-speakers applies to the mesh backend")
     if args.held_out and args.backend != "mesh":
         raise SystemExit("--held-out applies to the mesh backend (its audio-to-mouth blend is fitted on these clips)")
     clips = clips_with_audio()
@@ -158,14 +220,23 @@ def main() -> None:
         clips = [c for c in clips if c.name in args.clips or c.stem in args.clips]
     if not clips:
         raise SystemExit(f"no clips with audio found in {VIDEOS}")
-    name = f"quality_{args.backend}" + ("_heldout" if args.held_out else "")
+    name = f"quality_{args.backend}" + ("_heldout" if args.held_out else "") + (
+        "_speakers" if args.held_out_speakers else "")
     sheets = RESULTS / name
     sheets.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         held_out = HeldOutWeights(Path(work)) if args.held_out else None
+        by_speaker = SpeakerHeldOutWeights(Path(work), args.held_out_speakers) if args.held_out_speakers else None
+        if by_speaker is not None:  # one model per fold: render the clips fold by fold
+            clips = sorted(clips, key=by_speaker.fold_of)
         for n, clip in enumerate(clips, 1):
-            if held_out is not None:
+            if by_speaker is not None:
+                with by_speaker.without(clip):
+                    row = measure_clip(clip, args.backend, Path(work), sheets)
+                row["speaker"], row["fold"] = by_speaker.speaker_of(clip), by_speaker.fold_of(clip)
+                row["loudness_r_lag0"], row["loudness_best_lag"] = (round(v, 3) for v in loudness_agreement(clip))
+            elif held_out is not None:
                 with held_out.without(clip):
                     row = measure_clip(clip, args.backend, Path(work), sheets)
             else:
@@ -178,7 +249,17 @@ def main() -> None:
         "mean_best_lag": round(float(np.mean([r["best_lag"] for r in rows])), 2),
         "mean_identity_ssim": round(float(np.nanmean([r["identity_ssim"] for r in rows])), 4),
     }
+    if by_speaker is not None:
+        speakers = sorted({r["speaker"] for r in rows})
+        per = {s: [r for r in rows if r["speaker"] == s] for s in speakers}
+        summary["mean_r_lag0_over_speakers"] = round(float(np.mean([np.mean([r["r_lag0"] for r in v])
+                                                                    for v in per.values()])), 3)
+        summary["loudness_mean_r_lag0"] = round(float(np.mean([r["loudness_r_lag0"] for r in rows])), 3)
+        summary["loudness_mean_r_lag0_over_speakers"] = round(float(np.mean([np.mean([r["loudness_r_lag0"] for r in v])
+                                                                             for v in per.values()])), 3)
+        summary["speaker_folds"] = by_speaker.folds
     out = save(name, {"benchmark": "quality", "backend": args.backend, "held_out": args.held_out,
+                      "held_out_speakers": args.held_out_speakers,
                       "summary": summary, "clips": rows})
     print(json.dumps(summary, indent=2))
     print(f"wrote {out.relative_to(ROOT)} and contact sheets in {sheets.relative_to(ROOT)}/")
