@@ -9,6 +9,12 @@ and the face above the nose with the portrait (identity kept). Writes a contact 
     python -m benchmarks.quality [--backend mesh] [--clips NAME ...]
     python -m benchmarks.quality --held-out    # mesh: each clip driven by an audio-to-mouth model whose
                                                # real-clip blend was fitted without that clip (honest)
+    python -m benchmarks.quality --held-out-speakers [--fold-weights DIR]
+                                               # mesh: each clip driven by a model trained on the real
+                                               # corpus (train --real-corpus) without the clip's speaker
+                                               # (5 speaker folds; DIR: the fold models saved by
+                                               # train --real-corpus --folds 5 --fold-dir DIR); adds the
+                                               # loudness column and the means over speakers
 
 The committed ``mesh`` model's ``open`` blend (engines/audio2mouth/blend.py) is fitted on these same
 clips, so the plain figure flatters it; ``--held-out`` refits that blend on the other clips for each
@@ -150,13 +156,19 @@ class SpeakerHeldOutWeights:
     (``clips.speaker_folds``, the same folds as ``train --real-corpus --folds``); one model per fold, trained
     when a clip of that fold is first rendered, written to a temporary weights file, served to ``mesh``."""
 
-    def __init__(self, work: Path, folds: int = 5) -> None:
+    def __init__(self, work: Path, folds: int = 5, fold_weights: Path | None = None) -> None:
         from engines.audio2mouth import clips as clip_sets
 
         self.work = work
         self.clips = clip_sets.corpus_clips(log=lambda s: None) + clip_sets.testdata_clips(VIDEOS, log=lambda s: None)
         self.folds = clip_sets.speaker_folds(self.clips, folds)
         self.paths: dict[int, Path] = {}
+        if fold_weights is not None:  # models saved by train --real-corpus --folds K --fold-dir DIR (same folds)
+            saved = json.loads((fold_weights / "folds.json").read_text())
+            if saved != self.folds:
+                raise SystemExit(f"{fold_weights}/folds.json holds other folds than these {folds}")
+            self.paths = {k: fold_weights / f"fold{k}.npz" for k in range(folds)}
+            print(f"  speaker-fold models from {fold_weights}", flush=True)
 
     def fold_of(self, clip: Path) -> int:
         speaker = next(c.speaker for c in self.clips if c.path is not None and c.path.name == clip.name)
@@ -210,6 +222,9 @@ def main() -> None:
     parser.add_argument("--held-out-speakers", type=int, nargs="?", const=5, default=0, metavar="FOLDS",
                         help="mesh only: per clip, an audio-to-mouth model trained on the real corpus without that "
                              "clip's speaker (train --real-corpus recipe, FOLDS speaker folds, default 5)")
+    parser.add_argument("--fold-weights", type=Path, default=None,
+                        help="with --held-out-speakers: use the fold models saved by "
+                             "train --real-corpus --folds FOLDS --fold-dir DIR instead of training them here")
     args = parser.parse_args()
     if args.held_out_speakers and args.backend != "mesh":
         raise SystemExit("--held-out-speakers applies to the mesh backend")
@@ -227,7 +242,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         held_out = HeldOutWeights(Path(work)) if args.held_out else None
-        by_speaker = SpeakerHeldOutWeights(Path(work), args.held_out_speakers) if args.held_out_speakers else None
+        by_speaker = SpeakerHeldOutWeights(Path(work), args.held_out_speakers, args.fold_weights) \
+            if args.held_out_speakers else None
         if by_speaker is not None:  # one model per fold: render the clips fold by fold
             clips = sorted(clips, key=by_speaker.fold_of)
         for n, clip in enumerate(clips, 1):

@@ -97,7 +97,8 @@ class WindowPool:
             first = np.array([features.frames_centered_in(t - config.context_s, t + config.lookahead_s).start
                               for t in c.times])
             # sampling weight: every speaker about equally (sqrt: more data still counts for more)
-            w = 1.0 / np.sqrt(frames_per_speaker[c.speaker]) if clip_weight == "speaker" else 1.0
+            n = frames_per_speaker[c.speaker]
+            w = {"speaker": 1.0 / np.sqrt(n), "speaker_equal": 1.0 / n}.get(clip_weight, 1.0)
             for k in range(copies + 1):
                 pcm = c.pcm if k == 0 else augmented(c.pcm, rng)
                 mel = logmel.frames(pcm)

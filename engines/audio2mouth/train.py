@@ -9,6 +9,12 @@
                                                         # the data and network of the previous model
     python -m engines.audio2mouth.train --real --loco   # experiment: add the real clips' mouth tracks,
                                                         # with leave-one-clip-out scores
+    python -m engines.audio2mouth.train --real-corpus   # real talking faces only (../shared/corpus +
+                                                        # ../shared/testdata/video, real.py): 3 networks
+                                                        # x 2000 steps, no TTS, no blend (about 5 min)
+    python -m engines.audio2mouth.train --real-corpus --folds 5 --fold-dir /tmp/a2m-folds
+                                                        # the same, after speaker-held-out figures over 5
+                                                        # folds (fold models kept for benchmarks.quality)
 
 Needs Festival and espeak-ng (apt-get install -y festival festvox-kallpc16k festvox-kdlpc16k
 festvox-us-slt-hts espeak-ng) and PyTorch (training only; inference is numpy). Data: see ``tts.py``,
@@ -159,7 +165,7 @@ def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: 
     return AudioToMouth(params, config)
 
 
-REAL_DEFAULTS = {"steps": 3000, "copies": 2, "ensemble": 3, "seed": 0}
+REAL_DEFAULTS = {"steps": 2000, "copies": 2, "ensemble": 3, "seed": 0}
 
 
 def fit_real(clips: list[Clip], steps: int = REAL_DEFAULTS["steps"], copies: int = REAL_DEFAULTS["copies"],
@@ -196,9 +202,15 @@ def main_real(args: argparse.Namespace) -> None:
     quiet = (lambda s: None)
     if args.folds:
         scores = {}
-        for k, held in enumerate(clip_sets.speaker_folds(clips, args.folds)):
+        folds = clip_sets.speaker_folds(clips, args.folds)
+        if args.fold_dir:
+            args.fold_dir.mkdir(parents=True, exist_ok=True)
+            (args.fold_dir / "folds.json").write_text(json.dumps(folds, indent=1))
+        for k, held in enumerate(folds):
             model = fit_real([c for c in clips if c.speaker not in held], args.steps, args.clip_copies,
                              args.ensemble, args.seed, args.local_frames, log=quiet)
+            if args.fold_dir:  # benchmarks.quality --held-out-speakers --fold-weights DIR renders with these
+                model.save(args.fold_dir / f"fold{k}.npz")
             s = real.clip_scores(model, [c for c in clips if c.speaker in held])
             scores.update(s)
             print(f"  fold {k + 1}/{args.folds}: {len(held)} speakers held out, mean r "
@@ -251,8 +263,14 @@ def main() -> None:
                              "tracks, live-path audio; real.py); no TTS, no blend")
     parser.add_argument("--folds", type=int, default=0,
                         help="with --real-corpus: speaker-held-out figures over K folds first (0: none)")
+    parser.add_argument("--fold-dir", type=Path, default=None,
+                        help="with --folds: also save each fold's model there (fold<k>.npz + folds.json)")
     args = parser.parse_args()
     if args.real_corpus:
+        if args.steps == parser.get_default("steps"):
+            args.steps = REAL_DEFAULTS["steps"]
+        if args.clip_copies == parser.get_default("clip_copies"):
+            args.clip_copies = REAL_DEFAULTS["copies"]
         return main_real(args)
     import torch
 
