@@ -29,6 +29,7 @@ from engines.lipsync_measures import agreement
 
 OPEN_AT_P95 = 0.65  # the network's open at the speaker's 95th-percentile opening (a wide vowel)
 CLOSED_BELOW = 0.12  # opening below this fraction of the speaker's p95 counts as lips together
+SILENCE_SEGMENTS, SILENCE_S, SILENCE_SHARE = 16, 2.0, 0.05  # voice-free stretches added to the pool
 
 
 def speaker_scale(clips: list[Clip]) -> dict[str, float]:
@@ -108,6 +109,32 @@ class WindowPool:
                 ms.append(m)
                 ws.append(np.full(len(y), w))
                 offset += len(mel) + pad
+        # pauses the real clips hardly have: digital silence and noise-only stretches (no voice), lips
+        # together (open 0, closure 1), together ``SILENCE_SHARE`` of the samples
+        n_before = len(ys)
+        for k in range(SILENCE_SEGMENTS):
+            n = int(SILENCE_S * features.SAMPLE_RATE)
+            if k % 2 == 0:
+                pcm = np.zeros(n, np.float32)
+            else:
+                noise = rng.standard_normal(n)
+                if k % 4 == 3:
+                    noise = np.cumsum(noise) * 0.05  # brown-ish
+                pcm = (noise / (np.abs(noise).max() + 1e-9) * 10 ** (rng.uniform(-70, -35) / 20)).astype(np.float32)
+            mel = logmel.frames(pcm)
+            times = np.arange(0.0, SILENCE_S, 0.04)
+            first = np.array([features.frames_centered_in(t - config.context_s, t + config.lookahead_s).start
+                              for t in times])
+            mels += [mel, silence]
+            starts.append(offset + first)
+            ys.append(np.tile(np.array([[0.0, 0.0, 1.0]], np.float32), (len(times), 1)))
+            ms.append(np.tile(np.array([[1.0, 0.0, 1.0]], np.float32), (len(times), 1)))
+            ws.append(np.ones(len(times)))
+            offset += len(mel) + pad
+        speech_w = sum(w.sum() for w in ws[:n_before])
+        quiet_n = sum(len(w) for w in ws[n_before:])
+        for i in range(n_before, len(ws)):
+            ws[i] = ws[i] * speech_w * SILENCE_SHARE / (1 - SILENCE_SHARE) / quiet_n
         mels.append(np.full((config.frames + pad, features.N_MELS), features.SILENCE, np.float32))
         self.mel = np.concatenate(mels)
         self.starts = np.concatenate(starts)
