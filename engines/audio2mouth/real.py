@@ -13,7 +13,9 @@ their mouths by different amounts):
 * ``width`` = 8 * (width - the speaker's median width), clipped to [-1, 1] (weight 0.3);
 * ``closure`` = 1 - opening / (``CLOSED_BELOW`` * that percentile), clipped to [0, 1]: lips together.
 
-Frames without a face are masked out. Validation is by speaker (:func:`clips.speaker_folds`), figures
+Frames without a face are masked out. Voice-free stretches (digital silence and low noise,
+``SILENCE_SEGMENTS`` x ``SILENCE_S``, ``SILENCE_SHARE`` of the samples) are added with lips together,
+since the clips hardly pause. Validation is by speaker (:func:`clips.speaker_folds`), figures
 per source and as means over speakers and over clips (:func:`report`).
 """
 
