@@ -11,7 +11,7 @@
                                                         # with leave-one-clip-out scores
     python -m engines.audio2mouth.train --real-corpus   # real talking faces only (../shared/corpus +
                                                         # ../shared/testdata/video, real.py): 3 networks
-                                                        # x 2000 steps, no TTS, no blend (about 5 min)
+                                                        # x 2000 steps, no TTS, no blend (203 s, one core)
     python -m engines.audio2mouth.train --real-corpus --folds 5 --fold-dir /tmp/a2m-folds
                                                         # the same, after speaker-held-out figures over 5
                                                         # folds (fold models kept for benchmarks.quality)
