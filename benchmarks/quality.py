@@ -9,6 +9,12 @@ and the face above the nose with the portrait (identity kept). Writes a contact 
     python -m benchmarks.quality [--backend mesh] [--clips NAME ...] [--no-headaudio]
     python -m benchmarks.quality --held-out    # mesh: each clip driven by an audio-to-mouth model whose
                                                # real-clip blend was fitted without that clip (honest)
+    python -m benchmarks.quality --held-out-speakers [--fold-weights DIR]
+                                               # mesh: each clip driven by a model trained on the real
+                                               # corpus (train --real-corpus) without the clip's speaker
+                                               # (5 speaker folds; DIR: the fold models saved by
+                                               # train --real-corpus --folds 5 --fold-dir DIR); adds the
+                                               # loudness column and the means over speakers
 
 The committed ``mesh`` model's ``open`` blend (engines/audio2mouth/blend.py) is fitted on these same
 clips, so the plain figure flatters it; ``--held-out`` refits that blend on the other clips for each
@@ -187,6 +193,58 @@ class HeldOutWeights:
                 os.environ[WEIGHTS_ENV] = previous
 
 
+class SpeakerHeldOutWeights:
+    """Audio-to-mouth weights trained (``train.fit_real``, the ``--real-corpus`` recipe) without the held-out
+    clip's SPEAKER: speakers of ../shared/corpus and of these clips dealt into ``folds`` folds
+    (``clips.speaker_folds``, the same folds as ``train --real-corpus --folds``); one model per fold, trained
+    when a clip of that fold is first rendered, written to a temporary weights file, served to ``mesh``."""
+
+    def __init__(self, work: Path, folds: int = 5, fold_weights: Path | None = None) -> None:
+        from engines.audio2mouth import clips as clip_sets
+
+        self.work = work
+        self.clips = clip_sets.corpus_clips(log=lambda s: None) + clip_sets.testdata_clips(VIDEOS, log=lambda s: None)
+        self.folds = clip_sets.speaker_folds(self.clips, folds)
+        self.paths: dict[int, Path] = {}
+        if fold_weights is not None:  # models saved by train --real-corpus --folds K --fold-dir DIR (same folds)
+            saved = json.loads((fold_weights / "folds.json").read_text())
+            if saved != self.folds:
+                raise SystemExit(f"{fold_weights}/folds.json holds other folds than these {folds}")
+            self.paths = {k: fold_weights / f"fold{k}.npz" for k in range(folds)}
+            print(f"  speaker-fold models from {fold_weights}", flush=True)
+
+    def fold_of(self, clip: Path) -> int:
+        speaker = next(c.speaker for c in self.clips if c.path is not None and c.path.name == clip.name)
+        return next(k for k, f in enumerate(self.folds) if speaker in f)
+
+    def speaker_of(self, clip: Path) -> str:
+        return next(c.speaker for c in self.clips if c.path is not None and c.path.name == clip.name)
+
+    @contextmanager
+    def without(self, clip: Path) -> Iterator[None]:
+        from engines.audio2mouth.train import fit_real
+        from engines.mesh.backend import WEIGHTS_ENV
+
+        k = self.fold_of(clip)
+        if k not in self.paths:
+            held = set(self.folds[k])
+            started = time.perf_counter()
+            model = fit_real([c for c in self.clips if c.speaker not in held], log=lambda s: None)
+            self.paths[k] = self.work / f"without_fold{k}.npz"
+            model.save(self.paths[k])
+            print(f"  fold {k + 1}/{len(self.folds)}: trained without its {len(held)} speakers "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        previous = os.environ.get(WEIGHTS_ENV)
+        os.environ[WEIGHTS_ENV] = str(self.paths[k])
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(WEIGHTS_ENV, None)
+            else:
+                os.environ[WEIGHTS_ENV] = previous
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="mesh")
@@ -195,9 +253,17 @@ def main() -> None:
                         help="mesh only: per clip, the audio-to-mouth blend refitted without that clip")
     parser.add_argument("--no-headaudio", action="store_true",
                         help="leave out the headaudio peer column (it needs node and npm)")
+    parser.add_argument("--held-out-speakers", type=int, nargs="?", const=5, default=0, metavar="FOLDS",
+                        help="mesh only: per clip, an audio-to-mouth model trained on the real corpus without that "
+                             "clip's speaker (train --real-corpus recipe, FOLDS speaker folds, default 5)")
+    parser.add_argument("--fold-weights", type=Path, default=None,
+                        help="with --held-out-speakers: use the fold models saved by "
+                             "train --real-corpus --folds FOLDS --fold-dir DIR instead of training them here")
     args = parser.parse_args()
     global HEADAUDIO_COLUMN
     HEADAUDIO_COLUMN = not args.no_headaudio
+    if args.held_out_speakers and args.backend != "mesh":
+        raise SystemExit("--held-out-speakers applies to the mesh backend")
     if args.held_out and args.backend != "mesh":
         raise SystemExit("--held-out applies to the mesh backend (its audio-to-mouth blend is fitted on these clips)")
     clips = clips_with_audio()
@@ -205,14 +271,23 @@ def main() -> None:
         clips = [c for c in clips if c.name in args.clips or c.stem in args.clips]
     if not clips:
         raise SystemExit(f"no clips with audio found in {VIDEOS}")
-    name = f"quality_{args.backend}" + ("_heldout" if args.held_out else "")
+    name = f"quality_{args.backend}" + ("_heldout" if args.held_out else "") + (
+        "_speakers" if args.held_out_speakers else "")
     sheets = RESULTS / name
     sheets.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         held_out = HeldOutWeights(Path(work)) if args.held_out else None
+        by_speaker = SpeakerHeldOutWeights(Path(work), args.held_out_speakers, args.fold_weights) \
+            if args.held_out_speakers else None
+        if by_speaker is not None:  # one model per fold: render the clips fold by fold
+            clips = sorted(clips, key=by_speaker.fold_of)
         for n, clip in enumerate(clips, 1):
-            if held_out is not None:
+            if by_speaker is not None:
+                with by_speaker.without(clip):
+                    row = measure_clip(clip, args.backend, Path(work), sheets)
+                row["speaker"], row["fold"] = by_speaker.speaker_of(clip), by_speaker.fold_of(clip)
+            elif held_out is not None:
                 with held_out.without(clip):
                     row = measure_clip(clip, args.backend, Path(work), sheets)
             else:
@@ -230,7 +305,15 @@ def main() -> None:
         if f"{column}_r_lag0" in rows[0]:
             summary[f"{column}_mean_r_lag0"] = round(float(np.mean([r[f"{column}_r_lag0"] for r in rows])), 3)
             summary[f"{column}_mean_best_lag"] = round(float(np.mean([r[f"{column}_best_lag"] for r in rows])), 2)
+    if by_speaker is not None:
+        speakers = sorted({r["speaker"] for r in rows})
+        per = {s: [r for r in rows if r["speaker"] == s] for s in speakers}
+        for column in ("", "loudness_"):
+            summary[f"{column}mean_r_lag0_over_speakers"] = round(
+                float(np.mean([np.mean([r[f"{column}r_lag0"] for r in v]) for v in per.values()])), 3)
+        summary["speaker_folds"] = by_speaker.folds
     out = save(name, {"benchmark": "quality", "backend": args.backend, "held_out": args.held_out,
+                      "held_out_speakers": args.held_out_speakers,
                       "summary": summary, "clips": rows, **headaudio_info()})
     print(json.dumps(summary, indent=2))
     print(f"wrote {out.relative_to(ROOT)} and contact sheets in {sheets.relative_to(ROOT)}/")

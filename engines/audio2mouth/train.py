@@ -9,6 +9,12 @@
                                                         # the data and network of the previous model
     python -m engines.audio2mouth.train --real --loco   # experiment: add the real clips' mouth tracks,
                                                         # with leave-one-clip-out scores
+    python -m engines.audio2mouth.train --real-corpus   # real talking faces only (../shared/corpus +
+                                                        # ../shared/testdata/video, real.py): 3 networks
+                                                        # x 2000 steps, no TTS, no blend (203 s, one core)
+    python -m engines.audio2mouth.train --real-corpus --folds 5 --fold-dir /tmp/a2m-folds
+                                                        # the same, after speaker-held-out figures over 5
+                                                        # folds (fold models kept for benchmarks.quality)
 
 Needs Festival and espeak-ng (apt-get install -y festival festvox-kallpc16k festvox-kdlpc16k
 festvox-us-slt-hts espeak-ng) and PyTorch (training only; inference is numpy). Data: see ``tts.py``,
@@ -125,7 +131,10 @@ def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: 
         k_tts = batch - k_real
         parts_x, parts_y, parts_m = [], [], []
         if k_tts:
-            i = torch.from_numpy(rng.integers(0, len(pool.starts), k_tts))
+            if getattr(pool, "weights", None) is not None:  # real-clip pool: per-speaker sampling weights
+                i = torch.from_numpy(rng.choice(len(pool.starts), k_tts, p=pool.weights))
+            else:
+                i = torch.from_numpy(rng.integers(0, len(pool.starts), k_tts))
             parts_x.append(mel[torch.from_numpy(pool.starts)[i][:, None] + offsets])
             parts_y.append(torch.from_numpy(pool.targets)[i])
             parts_m.append(torch.from_numpy(pool.masks)[i])
@@ -154,6 +163,70 @@ def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: 
         "out.w": net.out.weight.detach().numpy().T.copy(), "out.b": net.out.bias.detach().numpy().copy(),
     }
     return AudioToMouth(params, config)
+
+
+REAL_DEFAULTS = {"steps": 2000, "copies": 2, "ensemble": 3, "seed": 0}
+
+
+def fit_real(clips: list[Clip], steps: int = REAL_DEFAULTS["steps"], copies: int = REAL_DEFAULTS["copies"],
+             n_networks: int = REAL_DEFAULTS["ensemble"], seed: int = REAL_DEFAULTS["seed"],
+             local_frames: int = 20, log=print) -> AudioToMouth:
+    """The real-corpus model (``--real-corpus``): ``n_networks`` networks (seeds seed, seed + 1, ...) trained
+    on ``clips``' per-speaker-normalised mouth tracks (``real.py``), outputs averaged; no ridge blend."""
+    from engines.audio2mouth import real
+
+    config = Config(local_frames=local_frames)
+    pool = real.WindowPool(config, clips, copies, seed=seed + 1)
+    log(f"  {len(clips)} clips, {len({c.speaker for c in clips})} speakers, {len(pool.starts)} windows "
+        f"({copies} augmented copies each)")
+    members = []
+    for k in range(n_networks):
+        log(f"  network {k + 1}/{n_networks} (seed {seed + k})")
+        members.append(train(pool, config, steps, seed=seed + k, log=log))
+    return ensemble(members)
+
+
+def main_real(args: argparse.Namespace) -> None:
+    """``--real-corpus``: train on every corpus + test clip; with ``--folds K``, speaker-held-out figures first."""
+    import torch
+
+    from engines.audio2mouth import clips as clip_sets, real
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    print("real clips: mouth tracks and live-path audio (cached in "
+          f"{clip_sets.CACHE_DIR})", flush=True)
+    clips = clip_sets.corpus_clips() + clip_sets.testdata_clips()
+    print(f"  {len(clips)} clips, {len({c.speaker for c in clips})} speakers ({time.time() - t0:.0f} s)", flush=True)
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+    quiet = (lambda s: None)
+    if args.folds:
+        scores = {}
+        folds = clip_sets.speaker_folds(clips, args.folds)
+        if args.fold_dir:
+            args.fold_dir.mkdir(parents=True, exist_ok=True)
+            (args.fold_dir / "folds.json").write_text(json.dumps(folds, indent=1))
+        for k, held in enumerate(folds):
+            model = fit_real([c for c in clips if c.speaker not in held], args.steps, args.clip_copies,
+                             args.ensemble, args.seed, args.local_frames, log=quiet)
+            if args.fold_dir:  # benchmarks.quality --held-out-speakers --fold-weights DIR renders with these
+                model.save(args.fold_dir / f"fold{k}.npz")
+            s = real.clip_scores(model, [c for c in clips if c.speaker in held])
+            scores.update(s)
+            print(f"  fold {k + 1}/{args.folds}: {len(held)} speakers held out, mean r "
+                  f"{np.mean([v['r'] for v in s.values()]):+.3f} ({time.time() - t0:.0f} s)", flush=True)
+        results["speaker_folds"] = real.report(scores, title=f"speaker-held-out ({args.folds} folds), the model's own "
+                                               "open against the real opening")
+        results["speaker_folds"]["clips"] = scores
+    print("final model on every clip", flush=True)
+    model = fit_real(clips, args.steps, args.clip_copies, args.ensemble, args.seed, args.local_frames,
+                     log=lambda s: print(s, flush=True))
+    model.save(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)", flush=True)
+    results["seconds"] = round(time.time() - t0)
+    (args.out.with_name(args.out.stem.replace("weights", "train_results") + ".json")
+     if args.out != DEFAULT_WEIGHTS else args.out.parent / "train_results.json").write_text(json.dumps(results, indent=1))
+    print(f"done in {time.time() - t0:.0f} s", flush=True)
 
 
 def main() -> None:
@@ -185,7 +258,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed (of the first network)")
     parser.add_argument("--ensemble", type=int, default=3, help="networks trained with seeds seed, seed + 1, ...; "
                         "their outputs are averaged")
+    parser.add_argument("--real-corpus", action="store_true",
+                        help="train on real talking faces only (../shared/corpus + ../shared/testdata/video mouth "
+                             "tracks, live-path audio; real.py); no TTS, no blend")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="with --real-corpus: speaker-held-out figures over K folds first (0: none)")
+    parser.add_argument("--fold-dir", type=Path, default=None,
+                        help="with --folds: also save each fold's model there (fold<k>.npz + folds.json)")
     args = parser.parse_args()
+    if args.real_corpus:
+        if args.steps == parser.get_default("steps"):
+            args.steps = REAL_DEFAULTS["steps"]
+        if args.clip_copies == parser.get_default("clip_copies"):
+            args.clip_copies = REAL_DEFAULTS["copies"]
+        return main_real(args)
     import torch
 
     torch.set_num_threads(args.threads)
