@@ -158,6 +158,22 @@ def measure_clip(clip: Path, backend: str, work: Path, sheets: Path) -> dict[str
     }
 
 
+@contextmanager
+def serving_weights(path: Path) -> Iterator[None]:
+    """``mesh`` serves the audio-to-mouth weights in ``path`` while inside (``LIPSYNC_MOUTH_WEIGHTS``)."""
+    from engines.mesh.backend import WEIGHTS_ENV
+
+    previous = os.environ.get(WEIGHTS_ENV)
+    os.environ[WEIGHTS_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(WEIGHTS_ENV, None)
+        else:
+            os.environ[WEIGHTS_ENV] = previous
+
+
 class HeldOutWeights:
     """Audio-to-mouth weights whose real-clip blend never saw a given clip, served to ``mesh``."""
 
@@ -172,7 +188,6 @@ class HeldOutWeights:
     @contextmanager
     def without(self, clip: Path) -> Iterator[None]:
         from engines.audio2mouth.blend import fit_blend
-        from engines.mesh.backend import WEIGHTS_ENV
 
         others = [c for c in self.clips if c.name != clip.stem]
         if len(others) == len(self.clips):
@@ -182,15 +197,8 @@ class HeldOutWeights:
         model.save(path)
         print(f"  {clip.stem}: blend fitted on the other {len(others)} clips (ridge {choice['ridge_shape']}, "
               f"alpha {choice['alpha']:g}, network weight {choice['net_weight']})", flush=True)
-        previous = os.environ.get(WEIGHTS_ENV)
-        os.environ[WEIGHTS_ENV] = str(path)
-        try:
+        with serving_weights(path):
             yield
-        finally:
-            if previous is None:
-                os.environ.pop(WEIGHTS_ENV, None)
-            else:
-                os.environ[WEIGHTS_ENV] = previous
 
 
 class SpeakerHeldOutWeights:
@@ -223,7 +231,6 @@ class SpeakerHeldOutWeights:
     @contextmanager
     def without(self, clip: Path) -> Iterator[None]:
         from engines.audio2mouth.train import fit_real
-        from engines.mesh.backend import WEIGHTS_ENV
 
         k = self.fold_of(clip)
         if k not in self.paths:
@@ -234,15 +241,8 @@ class SpeakerHeldOutWeights:
             model.save(self.paths[k])
             print(f"  fold {k + 1}/{len(self.folds)}: trained without its {len(held)} speakers "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-        previous = os.environ.get(WEIGHTS_ENV)
-        os.environ[WEIGHTS_ENV] = str(self.paths[k])
-        try:
+        with serving_weights(self.paths[k]):
             yield
-        finally:
-            if previous is None:
-                os.environ.pop(WEIGHTS_ENV, None)
-            else:
-                os.environ[WEIGHTS_ENV] = previous
 
 
 def main() -> None:

@@ -59,7 +59,6 @@ class Clip:
 def real_clips(video_dir: Path = VIDEO_DIR, cache: Path | None = None, log=print) -> list[Clip]:
     """Mouth tracks of every clip with audio in ``video_dir`` (cached as .npz in ``cache``, if given)."""
     from engines import media_io
-    from engines.face import MOUTH_CORNERS, FaceLandmarker, face_scale, mouth_opening
 
     paths = sorted(p for p in video_dir.glob("*.mp4"))
     if not paths:
@@ -76,24 +75,12 @@ def real_clips(video_dir: Path = VIDEO_DIR, cache: Path | None = None, log=print
         except ValueError:
             log(f"  {path.name}: no audio, skipped")
             continue
-        times, opening, width = [], [], []
-        with FaceLandmarker(tracking=True) as landmarker:
-            for t, rgb in media_io.video_frames(path):
-                faces = landmarker.faces(rgb)
-                times.append(t)
-                if faces:
-                    lm = faces[0].landmarks
-                    opening.append(mouth_opening(lm))
-                    a, b = MOUTH_CORNERS
-                    width.append(float(np.linalg.norm(lm[a, :2] - lm[b, :2])) / max(face_scale(lm), 1e-6))
-                else:
-                    opening.append(np.nan)
-                    width.append(np.nan)
-        clip = Clip(path.stem, pcm, np.array(times), np.array(opening), np.array(width))
+        track = extract_track(path)
+        clip = Clip(path.stem, pcm, track["times"], track["opening"], track["width"])
         if cached is not None:
             cache.mkdir(parents=True, exist_ok=True)
             np.savez(cached, pcm=clip.pcm, times=clip.times, opening=clip.opening, width=clip.width)
-        log(f"  {path.name}: {len(times)} frames, {np.isnan(clip.opening).sum()} without a face")
+        log(f"  {path.name}: {len(clip.times)} frames, {np.isnan(clip.opening).sum()} without a face")
         clips.append(clip)
     return clips
 
