@@ -207,7 +207,7 @@ class LivePipeline(StreamPipeline):
         avatar = generation.avatar
         frames: BaseFrames
         if avatar.image is None:
-            frames = self.camera_frames = CameraFrames(self.camera, self.clock, size)
+            frames = CameraFrames(self.camera, self.clock, size)  # size None: the camera's own (first frame)
         else:
             assert size is not None
             frames = Portrait(fit_cover(avatar.image, *size))
@@ -215,7 +215,6 @@ class LivePipeline(StreamPipeline):
             stream_id, generation, fps, expected_backend_s(typical_fps, fps), min_budget_s, frames, AudioIn(),
             failures_before_fallback, on_event, on_failure, expression,
         )
-        self.size = size  # the output size; for the camera without a size asked for, its own (first frame)
         self.ledger = ledger
         self.expects_audio = False  # set by the transport: the peer said it sends audio
         self.started = asyncio.Event()  # the scheduler has its first slot
@@ -248,8 +247,8 @@ class LivePipeline(StreamPipeline):
             if self.expects_audio:
                 self.on_event("no audio arrived: running without it (the mouth stays still)")
             self.clock.start_without_audio(MediaClock.wall_now())
-        if self.size is None:
-            await self._take_camera_size()
+        if isinstance(self.frames, CameraFrames) and self.frames.size is None:
+            await self._take_camera_size(self.frames)
         scheduler = self.scheduler
         scheduler.start_at(self.clock.media_now())
         self._video_slot = scheduler.next_emit
@@ -268,15 +267,14 @@ class LivePipeline(StreamPipeline):
             except (asyncio.TimeoutError, TimeoutError):
                 pass
 
-    async def _take_camera_size(self) -> None:
+    async def _take_camera_size(self, frames: CameraFrames) -> None:
         try:
             await asyncio.wait_for(self.camera.first.wait(), AUDIO_WAIT_S)
             first = self.camera.frames[0].frame
-            self.size = camera_size(first.width, first.height)
+            frames.size = camera_size(first.width, first.height)
         except (asyncio.TimeoutError, TimeoutError):
             self.on_event("no camera frames arrived: sending a blank picture")
-            self.size = CAMERA_SIZE
-        self.camera_frames.size = self.size
+            frames.size = CAMERA_SIZE
 
     def _dispatch(self, slot: int) -> None:
         generation = self.generation
