@@ -86,20 +86,12 @@ def contact_sheet(frames: list[np.ndarray], output: np.ndarray, real: np.ndarray
     return np.concatenate([strip, plot], axis=0)
 
 
-def loudness_track(clip: Path, times: np.ndarray) -> np.ndarray:
-    """Frame loudness, the baseline predictor: log energy of the server's log-mel frames in a 40 ms
-    window centred on each frame time (``engines.audio2mouth.evaluate.loudness_baseline``)."""
-    from engines import features
-    from engines.audio2mouth.model import mel_windows
-
-    mel = features.LogMel().frames(load_audio(clip, features.SAMPLE_RATE))
-    w = mel_windows(mel, times, 0.02, 0.02).astype(np.float64)
-    return np.log(np.exp(w).sum(axis=2).mean(axis=1) + 1e-10)
-
-
 def predictor_columns(clip: Path, times: np.ndarray, real: np.ndarray, headaudio: bool) -> dict[str, Any]:
     """r at lag 0, best lag and r there of the audio-only predictors against the real opening."""
-    tracks = {"loudness": loudness_track(clip, times)}
+    from engines import features
+    from engines.audio2mouth.scores import mel_loudness
+
+    tracks = {"loudness": mel_loudness(load_audio(clip, features.SAMPLE_RATE), times)}
     if headaudio:
         from benchmarks.headaudio import headaudio_track
 

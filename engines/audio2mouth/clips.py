@@ -105,25 +105,16 @@ def content_hash(path: Path) -> str:
 
 
 def extract_track(path: Path) -> dict[str, np.ndarray]:
-    """FaceMesh (tracking) per video frame: times (pts, s), opening (DESIGN.md), width; NaN without a face."""
-    from engines import media_io
-    from engines.face import MOUTH_CORNERS, FaceLandmarker, face_scale, mouth_opening
+    """FaceMesh (tracking) per video frame: times (pts, s), opening (DESIGN.md's, by the measure's
+    own ``mouth_track``), width; NaN without a face."""
+    from engines.face import MOUTH_CORNERS, face_scale
+    from engines.lipsync_measures import mouth_track
 
-    times, opening, width = [], [], []
+    opening, landmarks, times = mouth_track(path)
     a, b = MOUTH_CORNERS
-    with FaceLandmarker(tracking=True) as landmarker:
-        for t, rgb in media_io.video_frames(path):
-            faces = landmarker.faces(rgb)
-            times.append(t)
-            if faces:
-                lm = faces[0].landmarks
-                opening.append(mouth_opening(lm))
-                width.append(float(np.linalg.norm(lm[a, :2] - lm[b, :2])) / max(face_scale(lm), 1e-6))
-            else:
-                opening.append(np.nan)
-                width.append(np.nan)
-    return {"times": np.array(times, np.float64), "opening": np.array(opening, np.float64),
-            "width": np.array(width, np.float64)}
+    width = [np.nan if lm is None else float(np.linalg.norm(lm[a, :2] - lm[b, :2])) / max(face_scale(lm), 1e-6)
+             for lm in landmarks]
+    return {"times": times, "opening": opening, "width": np.array(width, np.float64)}
 
 
 def opus_round_trip(pcm48: np.ndarray, bitrate: int = OPUS_BITRATE) -> np.ndarray:

@@ -26,6 +26,13 @@ def clip_windows(clip: Clip, context_s: float, lookahead_s: float) -> np.ndarray
     return mel_windows(mel, clip.times, context_s, lookahead_s)
 
 
+def mel_loudness(pcm16k: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Frame loudness, the baseline predictor: log energy of the server's log-mel frames in a 40 ms
+    window centred on each video frame time."""
+    windows = mel_windows(features.LogMel().frames(pcm16k), times, 0.02, 0.02).astype(np.float64)
+    return np.log(np.exp(windows).sum(axis=2).mean(axis=1) + 1e-10)
+
+
 def model_scores(model: AudioToMouth, clips: list[Clip]) -> Scores:
     """Agreement of the model's ``open`` with each clip's real lip opening."""
     out = {}
