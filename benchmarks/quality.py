@@ -15,6 +15,11 @@ and the face above the nose with the portrait (identity kept). Writes a contact 
                                                # (5 speaker folds; DIR: the fold models saved by
                                                # train --real-corpus --folds 5 --fold-dir DIR); adds the
                                                # loudness column and the means over speakers
+    python -m benchmarks.quality ... --corpus [N]  # also render clips of ../shared/corpus (at most N per speaker,
+                                               # default 3; every one of its 33 speakers): means over speakers
+                                               # and per source (GRID, LRS2, HDTF, Vox, ...); the shipped
+                                               # model never trained on them, so plain and --held-out are
+                                               # held out there too
 
 The committed ``mesh`` model's ``open`` blend (engines/audio2mouth/blend.py) is fitted on these same
 clips, so the plain figure flatters it; ``--held-out`` refits that blend on the other clips for each
@@ -34,7 +39,8 @@ import json
 import os
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,6 +50,7 @@ import numpy as np
 
 from benchmarks.results_io import RESULTS, ROOT, save
 from engines.face import FaceLandmarker
+from engines.audio2mouth.clips import track
 from engines.lipsync_measures import agreement, at_times, identity_ssim, mouth_track, smooth3
 from engines.media_io import load_audio, video_fps, video_frames
 from stream_server.render import render
@@ -62,6 +69,32 @@ def clips_with_audio() -> list[Path]:
             if container.streams.audio:
                 found.append(path)
     return found
+
+
+@dataclass(frozen=True)
+class Speaking:
+    """A clip to render, with whose voice and face it is (a test clip is its own speaker)."""
+
+    path: Path
+    speaker: str
+    source: str
+
+
+def clip_set(corpus_per_speaker: int = 0) -> list[Speaking]:
+    """The test clips with audio, plus at most ``corpus_per_speaker`` clips of each corpus speaker (spread
+    over that speaker's clips in MANIFEST order)."""
+    from engines.audio2mouth.clips import CORPUS_DIR, source_of
+
+    out = [Speaking(p, f"testdata_{p.stem}", "testdata") for p in clips_with_audio()]
+    if corpus_per_speaker:
+        manifest = json.loads((CORPUS_DIR / "MANIFEST.json").read_text())
+        by_speaker: dict[str, list[Path]] = {}
+        for entry in manifest:
+            by_speaker.setdefault(entry["speaker"], []).append(CORPUS_DIR / entry["file"])
+        for speaker, paths in by_speaker.items():
+            picks = np.unique(np.linspace(0, len(paths) - 1, min(corpus_per_speaker, len(paths))).round().astype(int))
+            out += [Speaking(paths[i], speaker, source_of(speaker)) for i in picks]
+    return out
 
 
 def contact_sheet(frames: list[np.ndarray], output: np.ndarray, real: np.ndarray, title: str) -> np.ndarray:
@@ -122,7 +155,8 @@ def measure_clip(clip: Path, backend: str, work: Path, sheets: Path) -> dict[str
     started = time.perf_counter()
     result = render(str(portrait), clip, output, backend, fps=fps, progress=False)
     render_s = time.perf_counter() - started
-    real, _, real_times = mouth_track(clip)
+    real_track = track(clip, with_audio=False)  # the measure's mouth_track of the real clip, cached
+    real, real_times = real_track["opening"], real_track["times"]
     produced, _, produced_times = mouth_track(output)
     # compare at the output's frame times: some clips are stored at a variable frame rate (and
     # may start late), and frame k of one is then not frame k of the other
@@ -182,6 +216,9 @@ class HeldOutWeights:
         from engines.audio2mouth.blend import fit_blend
 
         others = [c for c in self.clips if c.name != clip.stem]
+        if clip.parent.resolve() != VIDEOS.resolve():  # a corpus clip: the shipped blend never saw it
+            yield
+            return
         if len(others) == len(self.clips):
             raise SystemExit(f"{clip.name} has no mouth track to leave out")
         model, choice = fit_blend(self.net, others)
@@ -214,11 +251,8 @@ class SpeakerHeldOutWeights:
             print(f"  speaker-fold models from {fold_weights}", flush=True)
 
     def fold_of(self, clip: Path) -> int:
-        speaker = next(c.speaker for c in self.clips if c.path is not None and c.path.name == clip.name)
+        speaker = next(c.speaker for c in self.clips if c.path is not None and c.path.resolve() == clip.resolve())
         return next(k for k, f in enumerate(self.folds) if speaker in f)
-
-    def speaker_of(self, clip: Path) -> str:
-        return next(c.speaker for c in self.clips if c.path is not None and c.path.name == clip.name)
 
     @contextmanager
     def without(self, clip: Path) -> Iterator[None]:
@@ -251,6 +285,9 @@ def main() -> None:
     parser.add_argument("--fold-weights", type=Path, default=None,
                         help="with --held-out-speakers: use the fold models saved by "
                              "train --real-corpus --folds FOLDS --fold-dir DIR instead of training them here")
+    parser.add_argument("--corpus", type=int, nargs="?", const=3, default=0, metavar="N",
+                        help="also render corpus clips, at most N per speaker (default 3), and report means over "
+                             "speakers and per source")
     args = parser.parse_args()
     global HEADAUDIO_COLUMN
     HEADAUDIO_COLUMN = not args.no_headaudio
@@ -258,13 +295,13 @@ def main() -> None:
         raise SystemExit("--held-out-speakers applies to the mesh backend")
     if args.held_out and args.backend != "mesh":
         raise SystemExit("--held-out applies to the mesh backend (its audio-to-mouth blend is fitted on these clips)")
-    clips = clips_with_audio()
+    clips = clip_set(args.corpus)
     if args.clips:
-        clips = [c for c in clips if c.name in args.clips or c.stem in args.clips]
+        clips = [c for c in clips if c.path.name in args.clips or c.path.stem in args.clips]
     if not clips:
         raise SystemExit(f"no clips with audio found in {VIDEOS}")
     name = f"quality_{args.backend}" + ("_heldout" if args.held_out else "") + (
-        "_speakers" if args.held_out_speakers else "")
+        "_speakers" if args.held_out_speakers else "") + ("_corpus" if args.corpus else "")
     sheets = RESULTS / name
     sheets.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -273,42 +310,57 @@ def main() -> None:
         by_speaker = SpeakerHeldOutWeights(Path(work), args.held_out_speakers, args.fold_weights) \
             if args.held_out_speakers else None
         if by_speaker is not None:  # one model per fold: render the clips fold by fold
-            clips = sorted(clips, key=by_speaker.fold_of)
+            clips = sorted(clips, key=lambda c: by_speaker.fold_of(c.path))
         for n, clip in enumerate(clips, 1):
+            weights = by_speaker.without(clip.path) if by_speaker is not None else \
+                held_out.without(clip.path) if held_out is not None else nullcontext()
+            with weights:
+                row = measure_clip(clip.path, args.backend, Path(work), sheets)
+            row["speaker"], row["source"] = clip.speaker, clip.source
             if by_speaker is not None:
-                with by_speaker.without(clip):
-                    row = measure_clip(clip, args.backend, Path(work), sheets)
-                row["speaker"], row["fold"] = by_speaker.speaker_of(clip), by_speaker.fold_of(clip)
-            elif held_out is not None:
-                with held_out.without(clip):
-                    row = measure_clip(clip, args.backend, Path(work), sheets)
-            else:
-                row = measure_clip(clip, args.backend, Path(work), sheets)
+                row["fold"] = by_speaker.fold_of(clip.path)
             rows.append(row)
             print(f"[{n}/{len(clips)}] {row['clip']}: r {row['r_lag0']:+.3f} at lag 0, best lag {row['best_lag']:+d} "
                   f"(r {row['r_best']:+.3f}), identity SSIM {row['identity_ssim']:.3f}; loudness r {row['loudness_r_lag0']:+.3f}"
                   + (f", headaudio r {row['headaudio_r_lag0']:+.3f}" if "headaudio_r_lag0" in row else ""), flush=True)
-    summary = {
-        "mean_r_lag0": round(float(np.mean([r["r_lag0"] for r in rows])), 3),
-        "mean_best_lag": round(float(np.mean([r["best_lag"] for r in rows])), 2),
-        "mean_identity_ssim": round(float(np.nanmean([r["identity_ssim"] for r in rows])), 4),
-    }
-    for column in ("loudness", "headaudio", "headaudio_labels"):  # the predictor columns
-        if f"{column}_r_lag0" in rows[0]:
-            summary[f"{column}_mean_r_lag0"] = round(float(np.mean([r[f"{column}_r_lag0"] for r in rows])), 3)
-            summary[f"{column}_mean_best_lag"] = round(float(np.mean([r[f"{column}_best_lag"] for r in rows])), 2)
+    summary = summarise(rows)
     if by_speaker is not None:
-        speakers = sorted({r["speaker"] for r in rows})
-        per = {s: [r for r in rows if r["speaker"] == s] for s in speakers}
-        for column in ("", "loudness_"):
-            summary[f"{column}mean_r_lag0_over_speakers"] = round(
-                float(np.mean([np.mean([r[f"{column}r_lag0"] for r in v]) for v in per.values()])), 3)
         summary["speaker_folds"] = by_speaker.folds
     out = save(name, {"benchmark": "quality", "backend": args.backend, "held_out": args.held_out,
-                      "held_out_speakers": args.held_out_speakers,
+                      "held_out_speakers": args.held_out_speakers, "corpus_per_speaker": args.corpus,
                       "summary": summary, "clips": rows, **headaudio_info()})
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "speaker_folds"}, indent=2))
     print(f"wrote {out.relative_to(ROOT)} and contact sheets in {sheets.relative_to(ROOT)}/")
+
+
+COLUMNS = ("", "loudness_", "headaudio_", "headaudio_labels_")  # the rendered output, then the predictors
+
+
+def means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean r at lag 0 over clips and over speakers (each speaker's clips averaged first), and mean best
+    lag, of the output and of each predictor column present."""
+    speakers: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        speakers.setdefault(r["speaker"], []).append(r)
+    out: dict[str, Any] = {"clips": len(rows), "speakers": len(speakers)}
+    for column in COLUMNS:
+        if f"{column}r_lag0" not in rows[0]:
+            continue
+        out[f"{column}mean_r_lag0"] = round(float(np.mean([r[f"{column}r_lag0"] for r in rows])), 3)
+        out[f"{column}mean_r_lag0_over_speakers"] = round(float(np.mean(
+            [np.mean([r[f"{column}r_lag0"] for r in v]) for v in speakers.values()])), 3)
+        out[f"{column}mean_best_lag"] = round(float(np.mean([r[f"{column}best_lag"] for r in rows])), 2)
+    return out
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The means over every clip, identity SSIM, and (with more than one source) the means per source."""
+    summary = means(rows)
+    summary["mean_identity_ssim"] = round(float(np.nanmean([r["identity_ssim"] for r in rows])), 4)
+    sources = sorted({r["source"] for r in rows})
+    if len(sources) > 1:
+        summary["by_source"] = {s: means([r for r in rows if r["source"] == s]) for s in sources}
+    return summary
 
 
 if __name__ == "__main__":

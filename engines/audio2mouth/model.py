@@ -110,6 +110,11 @@ class AudioToMouth:
         self._nets = [{k[len(q):]: v for k, v in self._p.items() if k.startswith(q) and k[len(q):].split(".")[0] in LAYERS}
                       for q in prefixes]
 
+    @property
+    def networks(self) -> list[dict[str, np.ndarray]]:
+        """Each network's parameters (keys ``proj.w`` ... ``out.b``)."""
+        return self._nets
+
     @classmethod
     def load(cls, path: Path | None = None) -> "AudioToMouth":
         path = Path(path) if path is not None else DEFAULT_WEIGHTS

@@ -35,7 +35,7 @@ from engines import features
 from engines.audio2mouth import blend, tts
 from engines.audio2mouth.augment import augment
 from engines.audio2mouth.clips import Clip, clip_targets, real_clips
-from engines.audio2mouth.model import DEFAULT_WEIGHTS, AudioToMouth, Config, ensemble, mel_windows
+from engines.audio2mouth.model import DEFAULT_WEIGHTS, LAYERS, AudioToMouth, Config, ensemble, mel_windows
 from engines.audio2mouth.scores import model_scores, summarise
 
 LOSS_WEIGHTS = np.array([1.0, 0.3, 0.5], np.float32)  # open, width, closure
@@ -86,7 +86,10 @@ def augment_clips(clips: list[Clip], copies: int, seed: int) -> list[Clip]:
     return out
 
 
-def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: float = 0.3, log=print) -> AudioToMouth:
+def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: float = 0.3, log=print,
+          init: dict[str, np.ndarray] | None = None, lr: float = 2e-3) -> AudioToMouth:
+    """Train one network on ``pool`` (from ``init``'s parameters, one network's as ``AudioToMouth`` keeps
+    them, when given: fine-tuning)."""
     import torch
 
     torch.manual_seed(seed)
@@ -118,8 +121,13 @@ def train(pool: Pool, config: Config, steps: int, seed: int = 0, real_fraction: 
             return torch.stack([torch.sigmoid(z[:, 0]), torch.tanh(z[:, 1]), torch.sigmoid(z[:, 2])], 1)
 
     net = Net()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    if init is not None:
+        with torch.no_grad():
+            for layer in LAYERS:
+                getattr(net, layer).weight.copy_(torch.from_numpy(np.ascontiguousarray(init[f"{layer}.w"].T)))
+                getattr(net, layer).bias.copy_(torch.from_numpy(init[f"{layer}.b"]))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     mel = torch.from_numpy(pool.mel)
     offsets = torch.arange(T)
     n_real = len(pool.real_y) if len(pool.real_x) else 0
@@ -170,9 +178,11 @@ REAL_DEFAULTS = {"steps": 2000, "copies": 2, "ensemble": 3, "seed": 0}
 
 def fit_real(clips: list[Clip], steps: int = REAL_DEFAULTS["steps"], copies: int = REAL_DEFAULTS["copies"],
              n_networks: int = REAL_DEFAULTS["ensemble"], seed: int = REAL_DEFAULTS["seed"],
-             local_frames: int = 20, log=print) -> AudioToMouth:
+             local_frames: int = 20, log=print, pretrained: AudioToMouth | None = None,
+             lr: float = 2e-3) -> AudioToMouth:
     """The real-corpus model (``--real-corpus``): ``n_networks`` networks (seeds seed, seed + 1, ...) trained
-    on ``clips``' per-speaker-normalised mouth tracks (``real.py``), outputs averaged; no ridge blend."""
+    on ``clips``' per-speaker-normalised mouth tracks (``real.py``), outputs averaged; no ridge blend. With
+    ``pretrained`` (an ensemble of at least ``n_networks``), network k starts from its network k."""
     from engines.audio2mouth import real
 
     config = Config(local_frames=local_frames)
@@ -182,7 +192,8 @@ def fit_real(clips: list[Clip], steps: int = REAL_DEFAULTS["steps"], copies: int
     members = []
     for k in range(n_networks):
         log(f"  network {k + 1}/{n_networks} (seed {seed + k})")
-        members.append(train(pool, config, steps, seed=seed + k, log=log))
+        init = pretrained.networks[k] if pretrained is not None else None
+        members.append(train(pool, config, steps, seed=seed + k, log=log, init=init, lr=lr))
     return ensemble(members)
 
 
@@ -200,6 +211,7 @@ def main_real(args: argparse.Namespace) -> None:
     print(f"  {len(clips)} clips, {len({c.speaker for c in clips})} speakers ({time.time() - t0:.0f} s)", flush=True)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
     quiet = (lambda s: None)
+    pretrained = AudioToMouth.load(args.pretrained) if args.pretrained else None
     if args.folds:
         scores = {}
         folds = clip_sets.speaker_folds(clips, args.folds)
@@ -208,7 +220,7 @@ def main_real(args: argparse.Namespace) -> None:
             (args.fold_dir / "folds.json").write_text(json.dumps(folds, indent=1))
         for k, held in enumerate(folds):
             model = fit_real([c for c in clips if c.speaker not in held], args.steps, args.clip_copies,
-                             args.ensemble, args.seed, args.local_frames, log=quiet)
+                             args.ensemble, args.seed, args.local_frames, log=quiet, pretrained=pretrained, lr=args.lr)
             if args.fold_dir:  # benchmarks.quality --held-out-speakers --fold-weights DIR renders with these
                 model.save(args.fold_dir / f"fold{k}.npz")
             s = real.clip_scores(model, [c for c in clips if c.speaker in held])
@@ -220,7 +232,7 @@ def main_real(args: argparse.Namespace) -> None:
         results["speaker_folds"]["clips"] = scores
     print("final model on every clip", flush=True)
     model = fit_real(clips, args.steps, args.clip_copies, args.ensemble, args.seed, args.local_frames,
-                     log=lambda s: print(s, flush=True))
+                     log=lambda s: print(s, flush=True), pretrained=pretrained, lr=args.lr)
     model.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)", flush=True)
     results["seconds"] = round(time.time() - t0)
@@ -265,6 +277,9 @@ def main() -> None:
                         help="with --real-corpus: speaker-held-out figures over K folds first (0: none)")
     parser.add_argument("--fold-dir", type=Path, default=None,
                         help="with --folds: also save each fold's model there (fold<k>.npz + folds.json)")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="with --real-corpus: start network k from network k of these weights (fine-tuning)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
     args = parser.parse_args()
     if args.real_corpus:
         if args.steps == parser.get_default("steps"):
