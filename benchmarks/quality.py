@@ -9,12 +9,11 @@ and the face above the nose with the portrait (identity kept). Writes a contact 
     python -m benchmarks.quality [--backend mesh] [--clips NAME ...] [--no-headaudio]
     python -m benchmarks.quality --held-out    # mesh: each clip driven by an audio-to-mouth model whose
                                                # real-clip blend was fitted without that clip (honest)
-    python -m benchmarks.quality --held-out-speakers [--fold-weights DIR]
-                                               # mesh: each clip driven by a model trained on the real
-                                               # corpus (train --real-corpus) without the clip's speaker
-                                               # (5 speaker folds; DIR: the fold models saved by
-                                               # train --real-corpus --folds 5 --fold-dir DIR); adds the
-                                               # loudness column and the means over speakers
+    python -m benchmarks.quality --held-out-speakers 5 --fold-weights DIR
+                                               # mesh: each clip driven by the shipped recipe trained
+                                               # without the clip's speaker (5 speaker folds; DIR: the
+                                               # fold models saved by python -m engines.audio2mouth.train
+                                               # --folds 5 --fold-dir DIR)
     python -m benchmarks.quality ... --corpus [N]  # also render clips of ../shared/corpus (at most N per speaker,
                                                # default 3; every one of its 33 speakers): means over speakers
                                                # and per source (GRID, LRS2, HDTF, Vox, ...); the shipped
@@ -42,7 +41,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import av
 import cv2
@@ -231,44 +230,29 @@ class HeldOutWeights:
 
 
 class SpeakerHeldOutWeights:
-    """Audio-to-mouth weights trained (``train.fit_real``, the ``--real-corpus`` recipe) without the held-out
-    clip's SPEAKER: speakers of ../shared/corpus and of these clips dealt into ``folds`` folds
-    (``clips.speaker_folds``, the same folds as ``train --real-corpus --folds``); one model per fold, trained
-    when a clip of that fold is first rendered, written to a temporary weights file, served to ``mesh``."""
+    """Audio-to-mouth weights trained (``python -m engines.audio2mouth.train --folds K --fold-dir DIR``)
+    without the held-out clip's SPEAKER: speakers of ../shared/corpus and of these clips dealt into ``folds``
+    folds (``clips.speaker_folds``), one model per fold, served to ``mesh``."""
 
-    def __init__(self, work: Path, folds: int = 5, fold_weights: Path | None = None) -> None:
+    def __init__(self, folds: int, fold_weights: Path | None) -> None:
         from engines.audio2mouth import clips as clip_sets
 
-        self.work = work
         self.clips = clip_sets.corpus_clips(log=lambda s: None) + clip_sets.testdata_clips(VIDEOS, log=lambda s: None)
         self.folds = clip_sets.speaker_folds(self.clips, folds)
-        self.paths: dict[int, Path] = {}
-        if fold_weights is not None:  # models saved by train --real-corpus --folds K --fold-dir DIR (same folds)
-            saved = json.loads((fold_weights / "folds.json").read_text())
-            if saved != self.folds:
-                raise SystemExit(f"{fold_weights}/folds.json holds other folds than these {folds}")
-            self.paths = {k: fold_weights / f"fold{k}.npz" for k in range(folds)}
-            print(f"  speaker-fold models from {fold_weights}", flush=True)
+        if fold_weights is None or not (fold_weights / "folds.json").exists():
+            raise SystemExit(f"--held-out-speakers needs the fold models: python -m engines.audio2mouth.train "
+                             f"--folds {folds} --fold-dir DIR, then --fold-weights DIR")
+        if json.loads((fold_weights / "folds.json").read_text()) != self.folds:
+            raise SystemExit(f"{fold_weights}/folds.json holds other folds than these {folds}")
+        self.paths = {k: fold_weights / f"fold{k}.npz" for k in range(folds)}
+        print(f"  speaker-fold models from {fold_weights}", flush=True)
 
     def fold_of(self, clip: Path) -> int:
         speaker = next(c.speaker for c in self.clips if c.path is not None and c.path.resolve() == clip.resolve())
         return next(k for k, f in enumerate(self.folds) if speaker in f)
 
-    @contextmanager
-    def without(self, clip: Path) -> Iterator[None]:
-        from engines.audio2mouth.train import fit_real
-
-        k = self.fold_of(clip)
-        if k not in self.paths:
-            held = set(self.folds[k])
-            started = time.perf_counter()
-            model = fit_real([c for c in self.clips if c.speaker not in held], log=lambda s: None)
-            self.paths[k] = self.work / f"without_fold{k}.npz"
-            model.save(self.paths[k])
-            print(f"  fold {k + 1}/{len(self.folds)}: trained without its {len(held)} speakers "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-        with serving_weights(self.paths[k]):
-            yield
+    def without(self, clip: Path) -> ContextManager[None]:
+        return serving_weights(self.paths[self.fold_of(clip)])
 
 
 def main() -> None:
@@ -280,11 +264,11 @@ def main() -> None:
     parser.add_argument("--no-headaudio", action="store_true",
                         help="leave out the headaudio peer column (it needs node and npm)")
     parser.add_argument("--held-out-speakers", type=int, nargs="?", const=5, default=0, metavar="FOLDS",
-                        help="mesh only: per clip, an audio-to-mouth model trained on the real corpus without that "
-                             "clip's speaker (train --real-corpus recipe, FOLDS speaker folds, default 5)")
+                        help="mesh only: per clip, the audio-to-mouth model of the speaker fold that left that clip's "
+                             "speaker out (FOLDS speaker folds, default 5; needs --fold-weights)")
     parser.add_argument("--fold-weights", type=Path, default=None,
-                        help="with --held-out-speakers: use the fold models saved by "
-                             "train --real-corpus --folds FOLDS --fold-dir DIR instead of training them here")
+                        help="with --held-out-speakers: the fold models saved by "
+                             "python -m engines.audio2mouth.train --folds FOLDS --fold-dir DIR")
     parser.add_argument("--corpus", type=int, nargs="?", const=3, default=0, metavar="N",
                         help="also render corpus clips, at most N per speaker (default 3), and report means over "
                              "speakers and per source")
@@ -307,7 +291,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         held_out = HeldOutWeights(Path(work)) if args.held_out else None
-        by_speaker = SpeakerHeldOutWeights(Path(work), args.held_out_speakers, args.fold_weights) \
+        by_speaker = SpeakerHeldOutWeights(args.held_out_speakers, args.fold_weights) \
             if args.held_out_speakers else None
         if by_speaker is not None:  # one model per fold: render the clips fold by fold
             clips = sorted(clips, key=lambda c: by_speaker.fold_of(c.path))

@@ -127,15 +127,24 @@ def test_speed_per_frame(model: AudioToMouth) -> None:
 
 def test_an_ensemble_averages_its_networks(model: AudioToMouth) -> None:
     from engines.audio2mouth.blend import network_only
-    from engines.audio2mouth.model import ensemble
+    from engines.audio2mouth.model import ensemble, mixture
 
     pcm, times = speech()
     mels = windows_for(model, pcm, times[:40])
     net = network_only(model)
-    members = [AudioToMouth(params, net.config) for params in net._nets]
+    members = [AudioToMouth(params, net.config) for params in net.networks]
     assert len(members) >= 1
-    expected = np.mean([m.predict_batch(mels) for m in members], axis=0)
+    shares = net._p.get("member_weights", np.full(len(members), 1 / len(members)))
+    assert abs(float(np.sum(shares)) - 1) < 1e-5
+    expected = np.sum([w * m.predict_batch(mels) for w, m in zip(shares, members)], axis=0)
     np.testing.assert_allclose(net.predict_batch(mels), expected, atol=1e-5)
     # a network averaged with itself is the network
     single = members[0]
     np.testing.assert_allclose(ensemble([single, single]).predict_batch(mels), single.predict_batch(mels), atol=1e-6)
+    # a mixture weights its parts by their shares, split over each part's networks
+    pair = ensemble(members[:2]) if len(members) > 1 else single
+    mixed = mixture([(pair, 0.7), (single, 0.3)])
+    np.testing.assert_allclose(mixed.predict_batch(mels),
+                               0.7 * pair.predict_batch(mels) + 0.3 * single.predict_batch(mels), atol=1e-5)
+    with pytest.raises(ValueError, match="sum to 1"):
+        mixture([(pair, 0.7), (single, 0.7)])

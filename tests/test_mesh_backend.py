@@ -131,10 +131,11 @@ def test_other_audio_to_mouth_weights_are_used_and_bad_ones_refused(monkeypatch,
     from engines.audio2mouth.model import AudioToMouth
     from engines.mesh.backend import WEIGHTS_ENV
 
-    # a usable file: the committed model with its ridge's bias (part of `open`) raised
+    # a usable file: the committed model with the bias of every network's `open` output raised
     model = AudioToMouth.load()
     params = dict(model._p)
-    params["ridge.b"] = params["ridge.b"] + 1.0
+    for key in [k for k in params if k.endswith("out.b")]:
+        params[key] = params[key] + np.array([1.0, 0.0, 0.0], np.float32)
     other = tmp_path / "other.npz"
     AudioToMouth(params, model.config).save(other)
     frames = silent_window(MeshBackend()).mel.shape[0]

@@ -14,7 +14,7 @@ With ``local_frames`` the detail frames enter a second time, relative to the max
 time (80 or 160 -> P, ReLU), the projections of the detail frames flattened, two dense ReLU layers,
 and three outputs: open (sigmoid), width (tanh), closure (sigmoid), as ``engines.mouth.MouthParams``
 defines them. The weights may hold several such networks (keys ``m0.``, ``m1.``, ...: an ensemble
-whose outputs are averaged).
+whose outputs are averaged, or weighted by ``member_weights`` when the file holds it).
 
 Optionally (``ridge_frames > 0``; ``blend.py`` fits it) the ``open`` output is blended with a
 ridge regression trained on real talking clips' mouth tracks: coarse log-mel patches of the last
@@ -154,9 +154,9 @@ class AudioToMouth:
         p = self._p
         x, level = normalise(mels, self.config)
         out = np.zeros((len(mels), 3), np.float32)
-        for net in self._nets:  # an ensemble averages its networks' outputs
-            out += self._network(x, level, net)
-        out /= len(self._nets)
+        shares = p.get("member_weights", np.full(len(self._nets), 1.0 / len(self._nets), np.float32))
+        for net, share in zip(self._nets, shares):  # an ensemble averages its networks' outputs (weighted)
+            out += share * self._network(x, level, net)
         c = self.config
         if c.ridge_frames:
             r = ridge_features(mels, c.ridge_frames, c.ridge_pool, c.ridge_tpool) @ p["ridge.w"] + p["ridge.b"]
@@ -176,6 +176,17 @@ def mel_windows(mel: np.ndarray, times_s: np.ndarray, context_s: float, lookahea
         if hi > lo:
             out[i, lo - r.start:hi - r.start] = mel[lo:hi]
     return out
+
+
+def mixture(parts: list[tuple[AudioToMouth, float]]) -> AudioToMouth:
+    """One model whose networks are all of ``parts``' networks (same config, no ridge blend), each part's
+    output weighted by its share (shares sum to 1, split evenly over that part's networks)."""
+    nets = [(net, share / len(model.networks)) for model, share in parts for net in model.networks]
+    if abs(sum(share for _, share in parts) - 1.0) > 1e-6:
+        raise ValueError("the shares of a mixture sum to 1")
+    params = {f"m{i}.{k}": v for i, (net, _) in enumerate(nets) for k, v in net.items()}
+    params["member_weights"] = np.array([share for _, share in nets], np.float32)
+    return AudioToMouth(params, parts[0][0].config)
 
 
 def ensemble(models: list[AudioToMouth]) -> AudioToMouth:
