@@ -1,6 +1,7 @@
-"""Real-corpus pieces of the audio-to-mouth training: track extraction, the Opus round trip, speaker folds.
+"""Real-corpus pieces of the audio-to-mouth training: track extraction, the Opus round trip, speaker folds,
+fine-tuning and mixtures.
 
-Fast (seconds): one short test clip through FaceMesh, no training.
+Fast (seconds): one short test clip through FaceMesh, a few training steps on noise.
 """
 
 from __future__ import annotations
@@ -90,3 +91,29 @@ def test_sources_cover_the_corpus() -> None:
     manifest = json.loads((clip_sets.CORPUS_DIR / "MANIFEST.json").read_text())
     sources = {clip_sets.source_of(e["speaker"]) for e in manifest}
     assert {"GRID", "LRS2", "HDTF", "Vox", "CREMA-D"} <= sources
+
+
+def test_fine_tuning_starts_from_the_given_network_and_mixtures_keep_their_shares() -> None:
+    pytest.importorskip("torch")  # a training dependency (installed by make / .ci/run)
+    from engines.audio2mouth.model import AudioToMouth, Config, mixture
+    from engines.audio2mouth.real import WindowPool
+    from engines.audio2mouth.train import train
+
+    rng = np.random.default_rng(0)
+    config = Config(local_frames=20)
+    times = np.arange(0.0, 3.0, 0.04)
+    speech = Clip("noise", (rng.standard_normal(16000 * 3) * 0.1).astype(np.float32), times,
+                  rng.uniform(0.0, 0.3, len(times)), rng.uniform(0.8, 0.9, len(times)), speaker="s", source="test")
+    pool = WindowPool(config, [speech], copies=0, seed=0)
+    start = train(pool, config, steps=3, seed=1, log=lambda s: None)
+    x = pool.mel[pool.starts[:8, None] + np.arange(config.frames)]
+    # with a vanishing learning rate, the network comes back as it went in (weights loaded the right way round)
+    kept = train(pool, config, steps=2, seed=2, log=lambda s: None, init=start.networks[0], lr=1e-12)
+    np.testing.assert_allclose(kept.predict_batch(x), start.predict_batch(x), atol=1e-5)
+    # and with a real one it moves
+    moved = train(pool, config, steps=2, seed=2, log=lambda s: None, init=start.networks[0], lr=1e-2)
+    assert np.abs(moved.predict_batch(x) - start.predict_batch(x)).max() > 1e-4
+    mixed = mixture([(moved, 0.6), (start, 0.4)])
+    assert isinstance(mixed, AudioToMouth)
+    np.testing.assert_allclose(mixed.predict_batch(x), 0.6 * moved.predict_batch(x) + 0.4 * start.predict_batch(x),
+                               atol=1e-5)

@@ -187,7 +187,7 @@ def fit_real(clips: list[Clip], steps: int = REAL_DEFAULTS["steps"], copies: int
              n_networks: int = REAL_DEFAULTS["ensemble"], seed: int = REAL_DEFAULTS["seed"],
              local_frames: int = 20, log=print, pretrained: AudioToMouth | None = None,
              lr: float = 2e-3) -> AudioToMouth:
-    """The real-corpus model (``--real-corpus``): ``n_networks`` networks (seeds seed, seed + 1, ...) trained
+    """The real-face networks (``--recipe real``; fine-tuned in ``combined``): ``n_networks`` networks (seeds seed, seed + 1, ...) trained
     on ``clips``' per-speaker-normalised mouth tracks (``real.py``), outputs averaged; no ridge blend. With
     ``pretrained`` (an ensemble of at least ``n_networks``), network k starts from its network k."""
     from engines.audio2mouth import real
