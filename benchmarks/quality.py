@@ -204,11 +204,16 @@ class HeldOutWeights:
 
     def __init__(self, work: Path) -> None:
         from engines.audio2mouth.clips import real_clips
-        from engines.audio2mouth.model import AudioToMouth
+        from engines.mesh.backend import mouth_model
 
         self.work = work
+        self.net = mouth_model()  # the committed weights, or LIPSYNC_MOUTH_WEIGHTS's
+        if not self.net.config.ridge_frames:
+            raise SystemExit("--held-out refits the ridge blend of a synthetic-speech model (--recipe synthetic); the "
+                             "shipped model has none and trained on these clips: use --held-out-speakers. (The "
+                             "previous model: git show bafbe11:engines/audio2mouth/weights.npz > old.npz, then "
+                             "LIPSYNC_MOUTH_WEIGHTS=old.npz with --held-out.)")
         self.clips = real_clips(VIDEOS, cache=work / "tracks", log=lambda s: None)
-        self.net = AudioToMouth.load()
 
     @contextmanager
     def without(self, clip: Path) -> Iterator[None]:
