@@ -82,14 +82,13 @@ class Speaking:
 def clip_set(corpus_per_speaker: int = 0) -> list[Speaking]:
     """The test clips with audio, plus at most ``corpus_per_speaker`` clips of each corpus speaker (spread
     over that speaker's clips in MANIFEST order)."""
-    from engines.audio2mouth.clips import CORPUS_DIR, source_of
+    from engines.audio2mouth.clips import corpus_speakers, source_of, testdata_speaker
 
-    out = [Speaking(p, f"testdata_{p.stem}", "testdata") for p in clips_with_audio()]
+    out = [Speaking(p, testdata_speaker(p), "testdata") for p in clips_with_audio()]
     if corpus_per_speaker:
-        manifest = json.loads((CORPUS_DIR / "MANIFEST.json").read_text())
         by_speaker: dict[str, list[Path]] = {}
-        for entry in manifest:
-            by_speaker.setdefault(entry["speaker"], []).append(CORPUS_DIR / entry["file"])
+        for path, speaker in corpus_speakers():
+            by_speaker.setdefault(speaker, []).append(path)
         for speaker, paths in by_speaker.items():
             picks = np.unique(np.linspace(0, len(paths) - 1, min(corpus_per_speaker, len(paths))).round().astype(int))
             out += [Speaking(paths[i], speaker, source_of(speaker)) for i in picks]
@@ -219,10 +218,10 @@ class HeldOutWeights:
     def without(self, clip: Path) -> Iterator[None]:
         from engines.audio2mouth.blend import fit_blend
 
-        others = [c for c in self.clips if c.name != clip.stem]
         if clip.parent.resolve() != VIDEOS.resolve():  # a corpus clip: the shipped blend never saw it
             yield
             return
+        others = [c for c in self.clips if c.name != clip.stem]
         if len(others) == len(self.clips):
             raise SystemExit(f"{clip.name} has no mouth track to leave out")
         model, choice = fit_blend(self.net, others)
@@ -242,8 +241,8 @@ class SpeakerHeldOutWeights:
     def __init__(self, folds: int, fold_weights: Path | None) -> None:
         from engines.audio2mouth import clips as clip_sets
 
-        self.clips = clip_sets.corpus_clips(log=lambda s: None) + clip_sets.testdata_clips(VIDEOS, log=lambda s: None)
-        self.folds = clip_sets.speaker_folds(self.clips, folds)
+        clips = clip_sets.corpus_clips(log=lambda s: None) + clip_sets.testdata_clips(VIDEOS, log=lambda s: None)
+        self.folds = clip_sets.speaker_folds(clips, folds)
         if fold_weights is None or not (fold_weights / "folds.json").exists():
             raise SystemExit(f"--held-out-speakers needs the fold models: python -m engines.audio2mouth.train "
                              f"--folds {folds} --fold-dir DIR, then --fold-weights DIR")
@@ -252,12 +251,11 @@ class SpeakerHeldOutWeights:
         self.paths = {k: fold_weights / f"fold{k}.npz" for k in range(folds)}
         print(f"  speaker-fold models from {fold_weights}", flush=True)
 
-    def fold_of(self, clip: Path) -> int:
-        speaker = next(c.speaker for c in self.clips if c.path is not None and c.path.resolve() == clip.resolve())
+    def fold_of(self, speaker: str) -> int:
         return next(k for k, f in enumerate(self.folds) if speaker in f)
 
-    def without(self, clip: Path) -> ContextManager[None]:
-        return serving_weights(self.paths[self.fold_of(clip)])
+    def without(self, speaker: str) -> ContextManager[None]:
+        return serving_weights(self.paths[self.fold_of(speaker)])
 
 
 def main() -> None:
@@ -299,15 +297,15 @@ def main() -> None:
         by_speaker = SpeakerHeldOutWeights(args.held_out_speakers, args.fold_weights) \
             if args.held_out_speakers else None
         if by_speaker is not None:  # one model per fold: render the clips fold by fold
-            clips = sorted(clips, key=lambda c: by_speaker.fold_of(c.path))
+            clips = sorted(clips, key=lambda c: by_speaker.fold_of(c.speaker))
         for n, clip in enumerate(clips, 1):
-            weights = by_speaker.without(clip.path) if by_speaker is not None else \
+            weights = by_speaker.without(clip.speaker) if by_speaker is not None else \
                 held_out.without(clip.path) if held_out is not None else nullcontext()
             with weights:
                 row = measure_clip(clip.path, args.backend, Path(work), sheets)
             row["speaker"], row["source"] = clip.speaker, clip.source
             if by_speaker is not None:
-                row["fold"] = by_speaker.fold_of(clip.path)
+                row["fold"] = by_speaker.fold_of(clip.speaker)
             rows.append(row)
             print(f"[{n}/{len(clips)}] {row['clip']}: r {row['r_lag0']:+.3f} at lag 0, best lag {row['best_lag']:+d} "
                   f"(r {row['r_best']:+.3f}), identity SSIM {row['identity_ssim']:.3f}; loudness r {row['loudness_r_lag0']:+.3f}"
@@ -328,16 +326,14 @@ COLUMNS = ("", "loudness_", "headaudio_", "headaudio_labels_")  # the rendered o
 def means(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean r at lag 0 over clips and over speakers (each speaker's clips averaged first), and mean best
     lag, of the output and of each predictor column present."""
-    speakers: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        speakers.setdefault(r["speaker"], []).append(r)
-    out: dict[str, Any] = {"clips": len(rows), "speakers": len(speakers)}
+    from engines.audio2mouth.scores import speaker_mean
+
+    out: dict[str, Any] = {"clips": len(rows), "speakers": len({r["speaker"] for r in rows})}
     for column in COLUMNS:
         if f"{column}r_lag0" not in rows[0]:
             continue
         out[f"{column}mean_r_lag0"] = round(float(np.mean([r[f"{column}r_lag0"] for r in rows])), 3)
-        out[f"{column}mean_r_lag0_over_speakers"] = round(float(np.mean(
-            [np.mean([r[f"{column}r_lag0"] for r in v]) for v in speakers.values()])), 3)
+        out[f"{column}mean_r_lag0_over_speakers"] = round(speaker_mean(rows, f"{column}r_lag0"), 3)
         out[f"{column}mean_best_lag"] = round(float(np.mean([r[f"{column}best_lag"] for r in rows])), 2)
     return out
 

@@ -204,18 +204,27 @@ def source_of(speaker: str) -> str:
     return "other"
 
 
+def corpus_speakers(corpus: Path = CORPUS_DIR) -> list[tuple[Path, str]]:
+    """(clip path, speaker id) of every corpus clip, in MANIFEST order."""
+    manifest = json.loads((corpus / "MANIFEST.json").read_text())
+    return [(corpus / entry["file"], entry["speaker"]) for entry in manifest]
+
+
+def testdata_speaker(path: Path) -> str:
+    """The speaker id of a test clip: each is its own speaker."""
+    return f"testdata_{Path(path).stem}"
+
+
 def corpus_clips(corpus: Path = CORPUS_DIR, cache: Path | None = CACHE_DIR, log=print) -> list[Clip]:
     """Every corpus clip with audio and its cached mouth track, with speaker and source."""
-    manifest = json.loads((corpus / "MANIFEST.json").read_text())
     clips = []
-    for entry in manifest:
-        path = corpus / entry["file"]
+    for path, speaker in corpus_speakers(corpus):
         d = track(path, cache)
         if d is None:
             log(f"  {path.name}: no audio, skipped")
             continue
         clips.append(Clip(path.stem, d["pcm"], d["times"], d["opening"], d["width"],
-                          speaker=entry["speaker"], source=source_of(entry["speaker"]), path=path))
+                          speaker=speaker, source=source_of(speaker), path=path))
     return clips
 
 
@@ -227,7 +236,7 @@ def testdata_clips(video_dir: Path = VIDEO_DIR, cache: Path | None = CACHE_DIR, 
         if d is None:
             continue
         clips.append(Clip(path.stem, d["pcm"], d["times"], d["opening"], d["width"],
-                          speaker=f"testdata_{path.stem}", source="testdata", path=path))
+                          speaker=testdata_speaker(path), source="testdata", path=path))
     return clips
 
 

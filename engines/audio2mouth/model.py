@@ -109,6 +109,8 @@ class AudioToMouth:
             k[: -len("proj.w")] for k in self._p if k.startswith("m") and k.endswith(".proj.w"))
         self._nets = [{k[len(q):]: v for k, v in self._p.items() if k.startswith(q) and k[len(q):].split(".")[0] in LAYERS}
                       for q in prefixes]
+        # each network's share of the output: ``member_weights`` (a mixture) or equal (an ensemble)
+        self._shares = self._p.get("member_weights", np.full(len(self._nets), 1.0 / len(self._nets), np.float32))
 
     @property
     def networks(self) -> list[dict[str, np.ndarray]]:
@@ -154,8 +156,7 @@ class AudioToMouth:
         p = self._p
         x, level = normalise(mels, self.config)
         out = np.zeros((len(mels), 3), np.float32)
-        shares = p.get("member_weights", np.full(len(self._nets), 1.0 / len(self._nets), np.float32))
-        for net, share in zip(self._nets, shares):  # an ensemble averages its networks' outputs (weighted)
+        for net, share in zip(self._nets, self._shares):  # an ensemble averages its networks' outputs (weighted)
             out += share * self._network(x, level, net)
         c = self.config
         if c.ridge_frames:

@@ -27,6 +27,7 @@ from engines import features
 from engines.audio2mouth.augment import augment
 from engines.audio2mouth.clips import Clip
 from engines.audio2mouth.model import AudioToMouth, Config
+from engines.audio2mouth.scores import clip_windows, speaker_mean
 from engines.lipsync_measures import agreement
 
 OPEN_AT_P95 = 0.65  # the network's open at the speaker's 95th-percentile opening (a wide vowel)
@@ -159,8 +160,6 @@ def loudness(clip: Clip) -> np.ndarray:
 
 
 def clip_scores(model: AudioToMouth, clips: list[Clip]) -> dict[str, dict]:
-    from engines.audio2mouth.scores import clip_windows
-
     out = {}
     for c in clips:
         pred = model.predict_batch(clip_windows(c, model.context_s, model.lookahead_s))[:, 0]
@@ -173,13 +172,9 @@ def clip_scores(model: AudioToMouth, clips: list[Clip]) -> dict[str, dict]:
 def report(scores: dict[str, dict], log=print, title: str = "") -> dict:
     """Means over clips and over speakers (each speaker's clips averaged first), per source too."""
     def summary(rows: list[dict]) -> dict:
-        speakers: dict[str, list[dict]] = {}
-        for r in rows:
-            speakers.setdefault(r["speaker"], []).append(r)
-        per_spk = [(np.mean([x["r"] for x in v]), np.mean([x["loud_r"] for x in v])) for v in speakers.values()]
-        return {"clips": len(rows), "speakers": len(speakers),
+        return {"clips": len(rows), "speakers": len({r["speaker"] for r in rows}),
                 "r_clips": float(np.mean([r["r"] for r in rows])), "loud_clips": float(np.mean([r["loud_r"] for r in rows])),
-                "r_speakers": float(np.mean([p[0] for p in per_spk])), "loud_speakers": float(np.mean([p[1] for p in per_spk])),
+                "r_speakers": speaker_mean(rows, "r"), "loud_speakers": speaker_mean(rows, "loud_r"),
                 "lag_clips": float(np.mean([r["lag"] for r in rows]))}
 
     rows = list(scores.values())

@@ -33,6 +33,15 @@ def mel_loudness(pcm16k: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.log(np.exp(windows).sum(axis=2).mean(axis=1) + 1e-10)
 
 
+def speaker_mean(rows: list[dict], key: str) -> float:
+    """Mean of ``row[key]`` over speakers: each speaker's rows (``row["speaker"]``) averaged first, so a
+    speaker with many clips counts once."""
+    speakers: dict[str, list[float]] = {}
+    for row in rows:
+        speakers.setdefault(row["speaker"], []).append(row[key])
+    return float(np.mean([np.mean(v) for v in speakers.values()]))
+
+
 def model_scores(model: AudioToMouth, clips: list[Clip]) -> Scores:
     """Agreement of the model's ``open`` with each clip's real lip opening."""
     out = {}
