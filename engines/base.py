@@ -67,7 +67,7 @@ class Avatar:
 
 
 MOUTH_GAIN_RANGE = (0.5, 3.0)  # the mouth gains a user may ask for
-DEFAULT_MOUTH_GAIN = 2.0  # tuned on the bundled portrait: see README, "Expressiveness"
+DEFAULT_MOUTH_GAIN = 1.75  # tuned on the bundled portrait: see README, "Expressiveness"
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Runs on any CPU with nothing to download: MediaPipe's FaceMesh ships inside its wheel and the
 audio-to-mouth weights are committed beside their training script. For a portrait the face is
-found and prepared once; for the camera, every frame is tracked (the face's tracker is per
-stream) and a frame whose face is lost goes out unchanged, counted in ``face_lost``.
+found, prepared and its mouth opening calibrated once (``calibrate.py``); for the camera, every
+frame is tracked (the face's tracker is per stream) and a frame whose face is lost goes out
+unchanged, counted in ``face_lost``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from engines.audio2mouth.model import AudioToMouth
 from engines.base import Avatar, AvatarError, Backend, BackendError, FrameJob
 from engines.face import FaceLandmarker, face_scale, portrait_face
+from engines.mesh.calibrate import OpeningMap, calibrate
 from engines.mesh.idle import IdleMotion
 from engines.mesh.prepare import PreparedFace, prepare_face
 from engines.mesh.render import render_mouth
@@ -86,7 +88,9 @@ class MeshBackend(Backend):
                 f"the face is too small ({eyes:.0f} px between the eye corners, at least "
                 f"{MIN_EYE_DISTANCE_PX} needed): use a closer photo or a larger output size"
             )
-        return Avatar(name=name, image=image, data={"face": prepare_face(image, landmarks), "landmarks": landmarks}, notice=notice)
+        face = prepare_face(image, landmarks)
+        data = {"face": face, "landmarks": landmarks, "opening": calibrate(face)}
+        return Avatar(name=name, image=image, data=data, notice=notice)
 
     def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
         predicted = self._model.predict_batch(np.stack([job.audio.mel for job in jobs]))
@@ -106,6 +110,9 @@ class MeshBackend(Backend):
                 frames.append(render_mouth(face, params))
             else:
                 face = job.avatar.data["face"]
+                opening: OpeningMap | None = job.avatar.data["opening"]
+                if opening is not None:
+                    params = opening.apply(params)
                 blink, (dx, dy, roll) = stream.idle.at(job.time_s) if self.idle_motion else (0.0, (0.0, 0.0, 0.0))
                 scale = SWAY_PER_EYE_DISTANCE * face.scale / stream.idle.sway_px  # sway in proportion to the face
                 frames.append(render_mouth(face, params, blink, (dx * scale, dy * scale, roll)))
