@@ -68,6 +68,9 @@ class Avatar:
 
 MOUTH_GAIN_RANGE = (0.5, 3.0)  # the mouth gains a user may ask for
 DEFAULT_MOUTH_GAIN = 1.75  # tuned on the bundled portrait: see README, "Expressiveness"
+# the emotions a user may ask for: the 8 classes Ditto's LMDM is conditioned on, in its label order
+EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
+DEFAULT_EMOTION = "neutral"
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,17 @@ class Expression:
 
     ``mouth_gain`` scales the mouth opening the audio drives (1: as predicted; real speakers
     open their mouths less than an animated avatar should). A backend uses the fields it
-    understands and ignores the rest (``passthrough`` and ``musetalk`` ignore them all); later
-    fields (an emotion...) are added here, each with a default that changes nothing.
+    understands and ignores the rest (``passthrough`` and ``musetalk`` ignore them all, ``mesh``
+    the emotion); later fields are added here, each with a default that changes nothing.
+
+    ``emotion`` (one of ``EMOTIONS``) and ``emotion_intensity`` (0: neutral .. 1: that emotion
+    fully) condition a backend that models emotion (``vasa``). A stream's expression may change
+    while it runs (the page sends a new one); jobs made after the change carry it.
     """
 
     mouth_gain: float = DEFAULT_MOUTH_GAIN
+    emotion: str = DEFAULT_EMOTION
+    emotion_intensity: float = 1.0
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from engines.base import DEFAULT_MOUTH_GAIN, MOUTH_GAIN_RANGE
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE
 from engines.registry import BackendRegistry
 from engines import features
 from stream_server import metrics, whip
@@ -20,6 +21,7 @@ from stream_server.hub import SERVER, Server
 from stream_server.opening import open_or_refuse
 from stream_server.options import OptionError, parse_options
 from stream_server.security import HEALTH_PATH, cors_middleware, token_middleware
+from stream_server.session import Session
 from stream_server.uploads import UploadError, check_name, decode_upload, require_face
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,7 @@ async def config(request: web.Request) -> web.Response:
             "max_sessions": server.settings.max_sessions,
             "max_upload_bytes": server.settings.max_upload_bytes,
             "mouth_gain": {"default": DEFAULT_MOUTH_GAIN, "min": MOUTH_GAIN_RANGE[0], "max": MOUTH_GAIN_RANGE[1]},
+            "emotion": {"default": DEFAULT_EMOTION, "choices": list(EMOTIONS)},
         }
     )
 
@@ -156,7 +159,7 @@ async def stats_socket(request: web.Request) -> web.StreamResponse:
         return error_response(404, "no such session: open /ws/stats?session=<session_id from /offer>")
     socket = web.WebSocketResponse(heartbeat=10.0)
     await socket.prepare(request)
-    reader = asyncio.create_task(_drain(socket))
+    reader = asyncio.create_task(_read_changes(socket, session))
     closed = asyncio.create_task(session.closed.wait())
     sent_events = 0
     try:
@@ -180,11 +183,28 @@ async def stats_socket(request: web.Request) -> web.StreamResponse:
     return socket
 
 
-async def _drain(socket: web.WebSocketResponse) -> None:
-    """Read (and ignore) what the page sends, so a close from its side is noticed."""
+async def _read_changes(socket: web.WebSocketResponse, session: Session) -> None:
+    """Read what the page sends: ``{"type": "expression", "emotion": ..., "emotion_intensity": ...,
+    "mouth_gain": ...}`` changes the running stream's expression (answered with the expression in
+    force, or an error with the valid values); anything else is ignored. A close is noticed."""
     async for message in socket:
         if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
             break
+        if message.type != WSMsgType.TEXT:
+            continue
+        try:
+            change = json.loads(message.data)
+        except ValueError:
+            change = None
+        if not isinstance(change, dict) or change.get("type") != "expression":
+            continue
+        change.pop("type")
+        try:
+            expression = session.set_expression(change)
+        except OptionError as exc:
+            await socket.send_json({"type": "error", "error": str(exc), "valid": exc.valid})
+        else:
+            await socket.send_json({"type": "expression", **dataclasses.asdict(expression)})
 
 
 async def upload_avatar(request: web.Request) -> web.Response:

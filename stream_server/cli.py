@@ -15,7 +15,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from engines.auto import AUTO
-from engines.base import DEFAULT_MOUTH_GAIN, MOUTH_GAIN_RANGE, BackendExport
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE, BackendExport
 from engines.registry import DEFAULT_BACKEND, backend_names, importable_backends, load_entry
 
 EXPORT_EXTRA = "export needs PyTorch, diffusers, transformers and onnx (pip install '.[export]')"
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how far the mouth opens against what the audio predicts, {MOUTH_GAIN_RANGE[0]} to "
         f"{MOUTH_GAIN_RANGE[1]} (default {DEFAULT_MOUTH_GAIN}; backends that do not support it ignore it)",
     )
+    render.add_argument("--emotion", default=DEFAULT_EMOTION, metavar="E",
+                        help=f"one of {', '.join(EMOTIONS)} (default {DEFAULT_EMOTION}; only vasa models emotion)")
+    render.add_argument("--emotion-intensity", type=float, default=1.0, metavar="X",
+                        help="0 (neutral) to 1 (the emotion fully; default 1)")
     render.add_argument(
         "--timing",
         choices=["ideal", "realtime"],
@@ -252,7 +256,7 @@ def render_command(args: argparse.Namespace) -> int:
         size = (args.width // 2 * 2, args.height // 2 * 2)
     try:
         result = render(args.avatar, args.audio, args.output, args.backend, args.fps, size, args.timing,
-                        mouth_gain=args.mouth_gain)
+                        mouth_gain=args.mouth_gain, emotion=args.emotion, emotion_intensity=args.emotion_intensity)
     except (RenderError, AvatarFileError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import DEFAULT_MOUTH_GAIN, MOUTH_GAIN_RANGE, Expression
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE, Expression
 from engines.registry import BackendRegistry, backend_names
 from stream_server.avatars import CAMERA, AvatarLibrary
 from stream_server.config import Settings
 
-OPTION_NAMES = ("backend", "avatar", "fps", "width", "height", "mouth_gain")
+OPTION_NAMES = ("backend", "avatar", "fps", "width", "height", "mouth_gain", "emotion", "emotion_intensity")
+EXPRESSION_NAMES = ("mouth_gain", "emotion", "emotion_intensity")  # what a running stream may change
 MIN_SIDE, MAX_SIDE = 64, 1920
 CAMERA_SIZE = (640, 480)  # used when the camera sends nothing to take the size from
 
@@ -29,11 +30,13 @@ class SessionOptions:
     width: int | None  # None: the camera's own size, known at its first frame
     height: int | None
     mouth_gain: float = DEFAULT_MOUTH_GAIN  # Expression.mouth_gain
+    emotion: str = DEFAULT_EMOTION  # Expression.emotion
+    emotion_intensity: float = 1.0  # Expression.emotion_intensity
 
     @property
     def expression(self) -> Expression:
         """What the stream's frame jobs carry (``FrameJob.expression``)."""
-        return Expression(mouth_gain=self.mouth_gain)
+        return Expression(mouth_gain=self.mouth_gain, emotion=self.emotion, emotion_intensity=self.emotion_intensity)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -61,19 +64,49 @@ def parse_options(raw: Any, settings: Settings, avatars: AvatarLibrary, backends
         raise OptionError(f"unknown avatar {avatar!r}", avatars.names())
 
     fps = _integer(raw, "fps", settings.fps, 1, 60)
-    mouth_gain = mouth_gain_option(raw.get("mouth_gain", DEFAULT_MOUTH_GAIN))
+    expression = expression_options(raw, Expression())
     if ("width" in raw) != ("height" in raw):
         raise OptionError("give both width and height, or neither", ["width", "height"])
     if "width" not in raw:
         if avatar == CAMERA:
-            return SessionOptions(backend, avatar, fps, None, None, mouth_gain)
+            return SessionOptions(backend, avatar, fps, None, None, *_fields(expression))
         image = avatars.image(avatar)
         assert image is not None
-        return SessionOptions(backend, avatar, fps, image.shape[1], image.shape[0], mouth_gain)
+        return SessionOptions(backend, avatar, fps, image.shape[1], image.shape[0], *_fields(expression))
     width = _integer(raw, "width", 0, MIN_SIDE, MAX_SIDE)
     height = _integer(raw, "height", 0, MIN_SIDE, MAX_SIDE)
     # the encoders need even sides
-    return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2, mouth_gain)
+    return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2, *_fields(expression))
+
+
+def _fields(expression: Expression) -> tuple[float, str, float]:
+    return expression.mouth_gain, expression.emotion, expression.emotion_intensity
+
+
+def expression_options(raw: dict[str, Any], current: Expression) -> Expression:
+    """``current`` with the expression fields ``raw`` names, each checked (OptionError saying the
+    valid values); the offer's options and a running stream's change both come through here."""
+    return Expression(
+        mouth_gain=mouth_gain_option(raw.get("mouth_gain", current.mouth_gain)),
+        emotion=emotion_option(raw.get("emotion", current.emotion)),
+        emotion_intensity=intensity_option(raw.get("emotion_intensity", current.emotion_intensity)),
+    )
+
+
+def emotion_option(value: Any) -> str:
+    """One of ``EMOTIONS`` (case-insensitive), or OptionError listing them."""
+    if not isinstance(value, str) or value.strip().lower() not in EMOTIONS:
+        raise OptionError(f"emotion must be one of {', '.join(EMOTIONS)} (default {DEFAULT_EMOTION}), got {value!r}",
+                          list(EMOTIONS))
+    return value.strip().lower()
+
+
+def intensity_option(value: Any) -> float:
+    """An emotion intensity from 0 (neutral) to 1 (the emotion fully), or OptionError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not 0.0 <= value <= 1.0:
+        raise OptionError(f"emotion_intensity must be a number from 0 (neutral) to 1 (the emotion fully), "
+                          f"got {value!r}", [0.0, 1.0])
+    return float(value)
 
 
 def mouth_gain_option(value: Any) -> float:

@@ -21,13 +21,13 @@ import av
 import numpy as np
 
 from engines.auto import AUTO, choose_backend
-from engines.base import DEFAULT_MOUTH_GAIN, Expression
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, Expression
 from engines.images import fit_cover, read_image
 from engines.media_io import load_audio
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
 from stream_server.avatars import BUNDLED
-from stream_server.options import OptionError, mouth_gain_option
+from stream_server.options import OptionError, expression_options
 from stream_server.pipeline import Generation, MakeFrame, Portrait, StreamPipeline, expected_backend_s
 from stream_server.scheduler import MIN_BUDGET_S, Emission
 from stream_server.simulate import simulate
@@ -125,13 +125,16 @@ def render(
     registry: BackendRegistry | None = None,
     progress: bool = True,
     mouth_gain: float = DEFAULT_MOUTH_GAIN,
+    emotion: str = DEFAULT_EMOTION,
+    emotion_intensity: float = 1.0,
 ) -> RenderResult:
     started = time.perf_counter()
     registry = registry or BackendRegistry(BUNDLED["astronaut"])
     if timing not in ("ideal", "realtime"):
         raise RenderError("timing must be 'ideal' or 'realtime'")
     try:
-        expression = Expression(mouth_gain=mouth_gain_option(mouth_gain))
+        expression = expression_options(
+            {"mouth_gain": mouth_gain, "emotion": emotion, "emotion_intensity": emotion_intensity}, Expression())
     except OptionError as exc:
         raise RenderError(str(exc)) from exc
     if not audio.is_file():

@@ -19,11 +19,11 @@ from typing import Any, Awaitable, Callable, Coroutine
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from engines.base import Avatar, Backend
+from engines.base import Avatar, Backend, Expression
 from stream_server.camera_in import taken_at
 from stream_server.ledger import FrameLedger
 from stream_server.liveness import PacketListener
-from stream_server.options import SessionOptions
+from stream_server.options import EXPRESSION_NAMES, OptionError, SessionOptions, expression_options
 from stream_server.pipeline import Generation, LivePipeline
 from stream_server.sender_reports import SenderReports
 from stream_server.stages import TraceWriter
@@ -243,8 +243,24 @@ class Session:
             uptime_s=time.monotonic() - self.created,
         )
         snapshot["fallbacks"] = list(self.fallbacks)
-        snapshot["mouth_gain"] = self.options.mouth_gain
+        expression = pipeline.expression
+        snapshot["mouth_gain"] = expression.mouth_gain
+        snapshot["emotion"] = expression.emotion
+        snapshot["emotion_intensity"] = expression.emotion_intensity
         return snapshot
+
+    def set_expression(self, raw: dict[str, Any]) -> Expression:
+        """Change the stream's expression while it runs (OptionError on a bad value, nothing
+        changed); the frame jobs made from now on carry it."""
+        unknown = sorted(set(raw) - set(EXPRESSION_NAMES))
+        if unknown:
+            raise OptionError(f"unknown expression field(s) {', '.join(unknown)}", list(EXPRESSION_NAMES))
+        expression = expression_options(raw, self.pipeline.expression)
+        if expression != self.pipeline.expression:
+            self.pipeline.expression = expression
+            self.add_event(f"expression: mouth gain {expression.mouth_gain:g}, emotion {expression.emotion} "
+                           f"({expression.emotion_intensity:g})")
+        return expression
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed.is_set():

@@ -21,7 +21,8 @@ const state = {
   running: false,    // true between a successful start and stop
   config: {
     fps_choices: [15, 20, 25, 30], default_fps: 25, ice_servers: [], token_required: false,
-    mouth_gain: { default: 2, min: 0.5, max: 3 },
+    mouth_gain: { default: 1.75, min: 0.5, max: 3 },
+    emotion: { default: 'neutral', choices: ['neutral'] },
   },
 };
 window.lipsync = state;
@@ -198,7 +199,23 @@ async function loadChoices() {
 
   const gain = state.config.mouth_gain;
   Object.assign($('mouth-gain'), { min: gain.min, max: gain.max, value: gain.default });
+  const emotion = state.config.emotion || { default: 'neutral', choices: ['neutral'] };
+  fillSelect($('emotion'), emotion.choices.map((e) => ({ value: e, label: e })), emotion.default);
 }
+
+// The emotion picked and its intensity, as the options and a running stream's change name them.
+function emotionOptions() {
+  return { emotion: $('emotion').value, emotion_intensity: Number($('emotion-intensity').value) };
+}
+
+// A change of emotion while a session runs goes over the stats WebSocket; the server answers
+// with the expression in force (or an error with the valid values).
+function sendEmotion() {
+  if (!state.running || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  state.ws.send(JSON.stringify({ type: 'expression', ...emotionOptions() }));
+}
+$('emotion').addEventListener('change', sendEmotion);
+$('emotion-intensity').addEventListener('change', sendEmotion);
 
 // The mouth gain typed in; the server refuses (with the range) one out of range.
 function mouthGain() {
@@ -278,6 +295,7 @@ async function start() {
           avatar: $('avatar').value,
           fps: Number($('fps').value),
           mouth_gain: mouthGain(),
+          ...emotionOptions(),
         },
       }),
     });
@@ -370,6 +388,10 @@ function openStatsSocket(sessionId) {
       renderServerStats(msg);
     } else if (msg.type === 'event') {
       logEvent(msg.message);
+    } else if (msg.type === 'expression') {
+      logEvent(`emotion ${msg.emotion} (${msg.emotion_intensity})`);
+    } else if (msg.type === 'error') {
+      showError(msg.error);
     } else if (msg.type === 'closed') {
       logEvent(`server closed the session${msg.reason ? `: ${msg.reason}` : ''}`);
       if (state.running && msg.reason && msg.reason !== 'closed by the client') {
@@ -395,6 +417,7 @@ function renderServerStats(s) {
   const lat = s.latency_ms || {};
   setText('stat-fps-out', fmt(s.fps_out, 1));
   setText('stat-mouth-gain', fmt(s.mouth_gain, 2));
+  setText('stat-emotion', s.emotion ? `${s.emotion} (${fmt(s.emotion_intensity, 2)})` : DASH);
   const fallbacks = s.fallbacks || [];
   setText('stat-backend', fallbacks.length ? `${s.backend} (fallback: ${fallbacks[fallbacks.length - 1].from} failed)` : fmt(s.backend));
   $('stat-backend').dataset.fallback = fallbacks.length ? 'yes' : 'no';

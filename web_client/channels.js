@@ -59,6 +59,7 @@ $('channel-form').addEventListener('submit', (event) => {
   const name = $('channel-name').value.trim();
   const options = {
     backend: $('backend').value, avatar: $('avatar').value, fps: Number($('fps').value), mouth_gain: mouthGain(),
+    ...emotionOptions(),
   };
   channelCall('POST', '/channels', { name, options })
     .then(() => { $('channel-name').value = ''; logEvent(`channel ${name} created: send to ${location.origin}/whip/${name}`); refreshChannels(); })
