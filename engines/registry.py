@@ -34,6 +34,7 @@ BACKENDS: dict[str, str] = {
     "mesh": "engines.mesh.backend:MeshBackend",
     "passthrough": "engines.passthrough.backend:PassthroughBackend",
     "musetalk": "engines.musetalk.backend:MuseTalkBackend",
+    "vasa": "engines.vasa.backend:VasaBackend",
 }
 
 DEFAULT_BACKEND = "mesh"

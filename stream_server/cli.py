@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{MOUTH_GAIN_RANGE[1]} (default {DEFAULT_MOUTH_GAIN}; backends that do not support it ignore it)",
     )
     render.add_argument("--emotion", default=DEFAULT_EMOTION, metavar="E",
-                        help=f"one of {', '.join(EMOTIONS)} (default {DEFAULT_EMOTION}; only vasa models emotion)")
+                        help=f"one of {', '.join(EMOTIONS)} (default {DEFAULT_EMOTION}; backends that do not model emotion ignore it)")
     render.add_argument("--emotion-intensity", type=float, default=1.0, metavar="X",
                         help="0 (neutral) to 1 (the emotion fully; default 1)")
     render.add_argument(
