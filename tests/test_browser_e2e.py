@@ -90,10 +90,20 @@ def guarded_server(tmp_path_factory) -> Server:
 GUARD_TOKEN = "browser-test-token"
 
 
-def _serve(tmp_path_factory, extra: list[str]):
+@pytest.fixture(scope="module")
+def vasa_server(tmp_path_factory) -> Server:
+    """A server whose models directory holds stand-in Ditto models, so that `vasa` runs."""
+    from engines.vasa.standins import write_standins
+
+    models = tmp_path_factory.mktemp("models")
+    write_standins(models)
+    yield from _serve(tmp_path_factory, [], {"LIPSYNC_MODELS_DIR": str(models)})
+
+
+def _serve(tmp_path_factory, extra: list[str], env_extra: dict[str, str] | None = None):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     cmd = [sys.executable, "-m", "stream_server", "serve", "--port", str(port), "--host", "127.0.0.1", *extra]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -293,7 +303,7 @@ def test_bundled_avatar_lip_syncs_with_mesh(browser, server):
     _open_page(browser, server)
     _select(browser, "backend", "mesh")
     _select(browser, "avatar", "astronaut")
-    assert browser.execute_script("return document.getElementById('mouth-gain').value") == "2"  # /config's default
+    assert browser.execute_script("return document.getElementById('mouth-gain').value") == "1.75"  # /config's default
     browser.execute_script("document.getElementById('mouth-gain').value = '2.5'")
     _start_and_wait_playing(browser)
 
@@ -305,6 +315,32 @@ def test_bundled_avatar_lip_syncs_with_mesh(browser, server):
     assert "mouth gain 2.5)" in _text(browser, "events") and _text(browser, "stat-mouth-gain") == "2.50"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser_e2e_astronaut_mesh.png"))
+
+
+def test_vasa_streams_and_its_emotion_changes_while_running(browser, vasa_server):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open_page(browser, vasa_server)
+    _select(browser, "backend", "vasa")
+    _select(browser, "avatar", "astronaut")
+    _select(browser, "emotion", "happy")
+    _start_and_wait_playing(browser)
+    rates = _measure_fps(browser, 6.0)
+    print("vasa output video:", json.dumps(rates))
+    assert rates.get("decoded_per_s", 0) >= 20.0, f"output video too slow: {rates}"
+    WebDriverWait(browser, 5).until(lambda d: _text(d, "stat-emotion") == "happy (1.00)",
+                                    message=f"the stats show {_text(browser, 'stat-emotion')!r}")
+    # the picker changes the running stream's emotion (over the stats WebSocket)
+    _select(browser, "emotion", "sad")
+    browser.execute_script("document.getElementById('emotion').dispatchEvent(new Event('change'))")
+    WebDriverWait(browser, 5).until(lambda d: _text(d, "stat-emotion") == "sad (1.00)",
+                                    message=f"the stats show {_text(browser, 'stat-emotion')!r}")
+    assert "emotion sad (1)" in _text(browser, "events")
+    rates = _measure_fps(browser, 4.0)
+    assert rates.get("decoded_per_s", 0) >= 20.0, f"output video too slow after the switch: {rates}"
+    assert _text(browser, "error") == ""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser_e2e_vasa.png"))
 
 
 def test_server_refusal_is_shown(browser, server):
