@@ -255,21 +255,22 @@ class VasaBackend(Backend):
         frames = [job.base_frame for job in jobs]
         if not drawn:
             return frames
-        kp_s, kp_d, feats = [], [], []
+        kp_s, kp_d = [], []
         for _, job, stream in drawn:
             vector = self._vector(stream, self._frame_of(job))
             x_s, x_d = stream.stitch.driving(vector, self._frame_of(job), d0=stream.motion.d0)
             kp_s.append(x_s)
             kp_d.append(x_d)
-            feats.append(stream.source.features[0])
         kp_s_arr, kp_d_arr = np.stack(kp_s).astype(np.float32), np.stack(kp_d).astype(np.float32)
         models = self._models
         if drawn[0][2].stitch.flag_stitching:
             kp_d_arr = models.run_rows("stitch_network", {"kp_source": kp_s_arr, "kp_driving": kp_d_arr})[0]
-        warped = models.run_rows("warp_network", {"feature_3d": np.stack(feats), "kp_source": kp_s_arr,
-                                                  "kp_driving": kp_d_arr})[0]
-        renders = models.run_rows("decoder", {"feature": warped})[0]  # (B, 3, 512, 512) in [0, 1]
-        for (i, job, stream), render in zip(drawn, renders):
+        warped = models.run_each("warp_network", [
+            {"feature_3d": stream.source.features, "kp_source": kp_s_arr[j: j + 1], "kp_driving": kp_d_arr[j: j + 1]}
+            for j, (_, _, stream) in enumerate(drawn)])
+        renders = models.run_each("decoder", [{"feature": out[0]} for out in warped])  # (1, 3, 512, 512) in [0, 1]
+        for (i, job, stream), (render,) in zip(drawn, renders):
+            render = render[0]
             # a portrait's base frame is its picture; a camera stream animates its first face
             frames[i] = stream.source.putback.paste(stream.source.image, render.transpose(1, 2, 0))
         return frames

@@ -87,10 +87,20 @@ class DittoModels:
     def run_rows(self, part: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run ``feeds`` whose dimension 0 is a batch: in one call when the graph takes a batch,
         else row by row; outputs concatenated along dimension 0."""
-        if self.batched[part] or len(next(iter(feeds.values()))) == 1:
+        n = len(next(iter(feeds.values())))
+        if self.batched[part] or n == 1:
             return self.run(part, feeds)
-        rows = [self.run(part, {k: v[i: i + 1] for k, v in feeds.items()}) for i in range(len(next(iter(feeds.values()))))]
+        rows = self.run_each(part, [{k: v[i: i + 1] for k, v in feeds.items()} for i in range(n)])
         return [np.concatenate(parts) for parts in zip(*rows)]
+
+    def run_each(self, part: str, rows: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+        """Each row's outputs (each with its batch axis of 1), from one batched call when the graph
+        takes a batch, else one call a row: large per-row inputs (a 8 MiB feature volume) are
+        then never copied into a stack."""
+        if not self.batched[part] or len(rows) == 1:
+            return [self.run(part, row) for row in rows]
+        outs = self.run(part, {k: np.concatenate([row[k] for row in rows]) for k in rows[0]})
+        return [[out[i: i + 1] for out in outs] for i in range(len(rows))]
 
 
 def _load(part: str, path: Path, cond_dim: int, cache_dir: Path) -> tuple[ModelSession, str]:
