@@ -56,14 +56,14 @@ async def test_malformed_offers_get_a_clear_400(server_url: str, body: bytes, st
 @pytest.mark.parametrize(
     ("options", "message", "valid"),
     [
-        ({"backend": "wav2lip"}, "unknown backend 'wav2lip'", ["mesh", "passthrough", "musetalk", "slow", "batching", "broken", "faulty", "badload"]),
+        ({"backend": "wav2lip"}, "unknown backend 'wav2lip'", ["mesh", "passthrough", "musetalk", "vasa", "slow", "batching", "broken", "faulty", "badload"]),
         ({"avatar": "../../etc/passwd"}, "unknown avatar", ["camera", "astronaut"]),
         ({"fps": 0}, "fps must be from 1 to 60", [1, 60]),
         ({"fps": "fast"}, "fps must be a whole number", [1, 60]),
         ({"width": 100}, "both width and height", ["width", "height"]),
         ({"width": 10, "height": 10}, "width must be from 64 to 1920", [64, 1920]),
-        ({"colour": "blue"}, "unknown option(s) colour", ["backend", "avatar", "fps", "width", "height", "mouth_gain"]),
-        ("camera", "options must be a JSON object", ["backend", "avatar", "fps", "width", "height", "mouth_gain"]),
+        ({"colour": "blue"}, "unknown option(s) colour", ["backend", "avatar", "fps", "width", "height", "mouth_gain", "emotion", "emotion_intensity"]),
+        ("camera", "options must be a JSON object", ["backend", "avatar", "fps", "width", "height", "mouth_gain", "emotion", "emotion_intensity"]),
         ({"mouth_gain": 10}, "mouth_gain must be from 0.5 to 3.0", [0.5, 3.0]),
         ({"mouth_gain": 0.1}, "mouth_gain must be from 0.5 to 3.0", [0.5, 3.0]),
         ({"mouth_gain": "loud"}, "mouth_gain must be a number from 0.5 to 3.0, got 'loud'", [0.5, 3.0]),
