@@ -307,3 +307,17 @@ async def test_a_live_session_on_vasa_holds_25_fps(models_dir: Path, start_serve
     assert received.answer["options"]["backend"] == "vasa" and received.answer["options"]["emotion"] == "happy"
     fps = output_fps(received)
     assert 23.0 <= fps <= 27.0, f"output video at {fps:.1f} fps"
+
+
+def test_hubert_gets_a_tensorrt_profile_for_its_length_not_a_batch(models_dir: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from engines.runtime.session import _profile_shapes, tensorrt_options
+    from engines.vasa.models import PROFILES
+
+    hubert = models_dir / "ditto" / PARTS["hubert"][0][0]
+    # the shared runtime's default reads a dynamic dimension as a batch: 1..8 samples of audio
+    assert _profile_shapes(ort, hubert, 8) == {"input_values": ((1, 1), (1, 8))}
+    profile = {**_profile_shapes(ort, hubert, 8), **PROFILES["hubert"]}  # what ModelSession builds
+    options, _ = tensorrt_options(hubert, False, profile, "NVIDIA H200", "10.9", tmp_path)
+    assert options["trt_profile_min_shapes"] == options["trt_profile_max_shapes"] == "input_values:1x6480"

@@ -70,7 +70,10 @@ class ModelSession:
         engine_cache_dir: Path | None = None,
         threads: int = 0,
         max_batch: int = 8,
+        shapes: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
     ) -> None:
+        """``shapes``: (min, max) shapes of inputs whose dynamic dimensions are not a batch (a
+        length, say) for TensorRT's profile; the others' dynamic dimensions run 1..``max_batch``."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -85,9 +88,9 @@ class ModelSession:
         self.engine_cache: Path | None = None
         for name in self.providers:
             if name == PROVIDERS["tensorrt"]:
-                shapes = _profile_shapes(ort, self.path, max_batch)
+                profile = {**_profile_shapes(ort, self.path, max_batch), **(shapes or {})}
                 options, self.engine_cache = tensorrt_options(
-                    self.path, fp16, shapes, gpu_name(), tensorrt_version(), engine_cache_dir
+                    self.path, fp16, profile, gpu_name(), tensorrt_version(), engine_cache_dir
                 )
                 if not any(self.engine_cache.iterdir()):
                     log.warning("building the TensorRT engine for %s (first start only, can take minutes; cached in %s)",

@@ -18,6 +18,7 @@ import numpy as np
 from engines.base import BackendError
 from engines.runtime.cache import file_sha256
 from engines.runtime.session import ModelLoadError, ModelSession
+from engines.vasa.audio import WINDOW_SAMPLES
 from engines.vasa.files import ONNX_PARTS, TRT_ONLY_WARP, DittoLayout
 from engines.vasa.signatures import batchable, check_signature
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # fp32); the warp too in Ditto, with its GridSample forced to fp32, which ORT cannot do per layer,
 # so here it stays fp32. Only TensorRT reads the flag.
 FP16_PARTS = ("appearance_extractor", "landmark203", "stitch_network", "decoder")
+# HuBERT's one dynamic dimension is its length, not a batch: always fed one 6480-sample window
+# (Ditto's TensorRT profile allows 3240..12960), so its TensorRT profile pins that
+PROFILES = {"hubert": {"input_values": ((1, WINDOW_SAMPLES), (1, WINDOW_SAMPLES))}}
 STANDIN_PRODUCER = "lipsync-stream standins"
 _AXES_BECAME_INPUT = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                       "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
@@ -109,7 +113,7 @@ def _load(part: str, path: Path, cond_dim: int, cache_dir: Path) -> tuple[ModelS
                            f"warp_network_ori.onnx from the same folder")
     form = "as published"
     try:
-        session = ModelSession(path, fp16=part in FP16_PARTS)
+        session = ModelSession(path, fp16=part in FP16_PARTS, shapes=PROFILES.get(part))
     except ModelLoadError as exc:
         message = str(exc)
         if "GridSample3D" in message:
