@@ -123,6 +123,7 @@ class VasaBackend(Backend):
         self._silence: np.ndarray | None = None
         self._plan: M.SamplerPlan | None = None
         self._overlap = overlap()
+        self._camera_faces: FaceLandmarker | None = None
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -178,8 +179,9 @@ class VasaBackend(Backend):
             return stream
         assert self._config is not None and self._silence is not None
         if job.avatar.is_camera:
-            with FaceLandmarker() as landmarker:
-                faces = landmarker.faces(job.base_frame)
+            if self._camera_faces is None:  # one detector for every camera stream's first face
+                self._camera_faces = FaceLandmarker()
+            faces = self._camera_faces.faces(job.base_frame)
             if not faces:
                 return None  # no face yet: the frame goes out as it came
             source = self._source(job.base_frame, faces[0].landmarks)
