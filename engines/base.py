@@ -16,6 +16,7 @@ command (:class:`BackendExport`) that turns published weights into what it runs.
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -195,6 +196,33 @@ class BackendExport:
     needs: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class BackendEnrol:
+    """``python -m stream_server enrol --video V --name N`` (and ``POST /avatars`` with a video):
+    a backend that builds a person's own avatar from a video of them names its enrol function.
+
+    ``entry`` is ``"module:function"``, imported only when enrolling, called as ``function(video,
+    name, root, *, tiny, progress, cancel)`` -> the enrolled avatar's folder under ``root``
+    (``LIPSYNC_AVATARS_DIR``, default ./avatars), which holds a ``thumb.jpg`` the avatar list
+    shows. It raises one of ``errors`` with a message for the user (no face, too short...).
+    ``progress`` gets dicts with ``stage`` and ``fraction`` (0..1) and, while training,
+    ``iteration``, ``total``, ``loss``, ``heldout_psnr`` and ``seconds_left``; setting ``cancel``
+    (a ``threading.Event``) stops it. ``tiny``: a test-scale avatar, the only one a CPU can make.
+    """
+
+    entry: str
+    help: str
+    errors: tuple[type[Exception], ...] = ()
+    needs: tuple[str, ...] = ()
+
+
+AVATARS_DIR_ENV = "LIPSYNC_AVATARS_DIR"  # where enrolled avatars are kept
+
+
+def avatars_dir() -> Path:
+    return Path(os.environ.get(AVATARS_DIR_ENV) or "avatars")
+
+
 class Backend(abc.ABC):
     """Base class of every lip-sync backend.
 
@@ -214,6 +242,7 @@ class Backend(abc.ABC):
     # how good it looks, for --backend auto: higher first; None is never chosen (no lip-sync)
     quality_rank: ClassVar[int | None] = None
     export: ClassVar[BackendExport | None] = None  # its export command, if it has one
+    enrol: ClassVar[BackendEnrol | None] = None  # how it enrols a person from a video, if it can
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engines.base import AudioWindow, Backend, BackendError, BackendInfo, FrameJob, describe
+from engines.base import AudioWindow, AvatarError, Backend, BackendError, BackendInfo, FrameJob, describe
 from engines.features import SILENCE
 from engines.images import fit_cover, read_image
 
@@ -35,6 +35,7 @@ BACKENDS: dict[str, str] = {
     "passthrough": "engines.passthrough.backend:PassthroughBackend",
     "musetalk": "engines.musetalk.backend:MuseTalkBackend",
     "vasa": "engines.vasa.backend:VasaBackend",
+    "gaussian": "engines.gaussian.backend:GaussianBackend",
 }
 
 DEFAULT_BACKEND = "mesh"
@@ -116,7 +117,10 @@ class BackendRegistry:
                 started = time.perf_counter()
                 backend.load()
                 log.info("loaded backend %s in %.1f s", name, time.perf_counter() - started)
-                self._typical_fps[name] = measure_fps(backend, self.calibration_portrait)
+                try:
+                    self._typical_fps[name] = measure_fps(backend, self.calibration_portrait)
+                except AvatarError as exc:  # it animates only its own avatars (an enrolled head)
+                    log.info("backend %s: speed not measured at load (%s)", name, exc)
             except Exception as exc:
                 self._errors[name] = f"failed to load: {exc}"
                 if isinstance(exc, BackendError):  # a clear message written for the user: no traceback

@@ -21,6 +21,7 @@ from stream_server.hub import SERVER, Server
 from stream_server.opening import open_or_refuse
 from stream_server.options import OptionError, parse_options
 from stream_server.security import HEALTH_PATH, cors_middleware, token_middleware
+from stream_server.enrolments import VIDEO_TYPES, EnrolmentError, is_video
 from stream_server.session import Session
 from stream_server.uploads import UploadError, check_name, decode_upload, require_face
 
@@ -208,16 +209,15 @@ async def _read_changes(socket: web.WebSocketResponse, session: Session) -> None
 
 
 async def upload_avatar(request: web.Request) -> web.Response:
-    """``POST /avatars?name=NAME`` with an image file as the body: a new avatar (kept in memory)."""
+    """``POST /avatars?name=NAME`` with an image file as the body: a new avatar (kept in memory);
+    with a video (``Content-Type: video/...``): the enrolment of that person starts (202), its
+    progress at ``GET /avatars/NAME/enrolment``."""
     server: Server = request.app[SERVER]
-    limit = server.settings.max_upload_bytes
+    if request.content_type.startswith(VIDEO_TYPES):
+        return await _enrol_upload(request, server)
     try:
         name = check_name(request.query.get("name", "upload"))
-        if request.content_length is not None and request.content_length > limit:
-            raise UploadError(413, f"the upload is {request.content_length} bytes; the limit is {limit}")
-        data = await request.content.read(limit + 1)
-        if len(data) > limit:
-            raise UploadError(413, f"the upload is over the limit of {limit} bytes")
+        data = await _read_upload(request, server.settings.max_upload_bytes, "upload")
         rgb = await asyncio.to_thread(decode_upload, data, server.settings.max_upload_pixels)
         await asyncio.to_thread(require_face, rgb)
     except UploadError as exc:
@@ -228,6 +228,41 @@ async def upload_avatar(request: web.Request) -> web.Response:
     return web.json_response(
         {"avatar": server.avatars.source(name).to_json(), "width": rgb.shape[1], "height": rgb.shape[0]}, status=201
     )
+
+
+async def _read_upload(request: web.Request, limit: int, what: str) -> bytes:
+    """The body, refused (413) past ``limit`` bytes before or while it is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise UploadError(413, f"the {what} is {request.content_length} bytes; the limit is {limit}")
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise UploadError(413, f"the {what} is over the limit of {limit} bytes")
+    return data
+
+
+async def _enrol_upload(request: web.Request, server: Server) -> web.Response:
+    try:
+        name = check_name(request.query.get("name", "upload"))
+        data = await _read_upload(request, server.settings.max_video_bytes, "video")
+        if not is_video(data[:12]):
+            raise UploadError(415, "that is not a video file (MP4, MOV, WebM or AVI)")
+        job = server.enrolments.start(name, data)
+    except UploadError as exc:
+        return error_response(exc.status, str(exc), exc.valid)
+    except EnrolmentError as exc:
+        return error_response(exc.status, str(exc))
+    return web.json_response({**job.to_json(), "url": f"/avatars/{name}/enrolment"}, status=202)
+
+
+async def enrolment(request: web.Request) -> web.Response:
+    """``GET``: an enrolment's state and progress; ``DELETE``: cancel it."""
+    server: Server = request.app[SERVER]
+    job = server.enrolments.get(request.match_info["name"])
+    if job is None:
+        return error_response(404, f"no enrolment of {request.match_info['name']!r}: POST a video to /avatars?name=NAME")
+    if request.method == "DELETE":
+        job.cancel.set()
+    return web.json_response(job.to_json())
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -248,6 +283,8 @@ def create_app(settings: Settings, registry: BackendRegistry | None = None) -> w
     app.router.add_get("/avatars", avatars)
     app.router.add_post("/avatars", upload_avatar)
     app.router.add_get("/avatars/{name}.jpg", avatar_thumbnail)
+    app.router.add_get("/avatars/{name}/enrolment", enrolment)
+    app.router.add_delete("/avatars/{name}/enrolment", enrolment)
     app.router.add_get("/config", config)
     app.router.add_get(HEALTH_PATH, healthz)
     app.router.add_get("/metrics", metrics_route)

@@ -17,22 +17,35 @@ BUNDLED = {"astronaut": ASSETS / "astronaut.jpg"}
 THUMBNAIL_SIDE = 160
 
 
+def enrolled_picture(folder: Path) -> Path:
+    """The picture of an enrolled avatar (NAME.KIND/): its first frame (poster.jpg) if kept, else
+    its thumbnail; the session's size comes from it, and other backends animate it."""
+    poster = folder / "poster.jpg"
+    return poster if poster.is_file() else folder / "thumb.jpg"
+
+
+def find_enrolled(name: str, root: Path) -> Path | None:
+    """The folder of the avatar ``name`` enrolled under ``root``, if there is one."""
+    return next((f for f in sorted(root.glob(f"{name}.*")) if (f / "thumb.jpg").is_file()), None) if root.is_dir() else None
+
+
 @dataclass(frozen=True)
 class AvatarSource:
     name: str
     kind: str  # "camera" or "image"
     path: Path | None = None
+    enrolled: bool = False  # a person's own head, enrolled from a video (``enrol``)
 
-    def to_json(self) -> dict[str, str | None]:
+    def to_json(self) -> dict[str, str | bool | None]:
         url = f"/avatars/{self.name}.jpg" if self.kind == "image" else None
-        return {"name": self.name, "kind": self.kind, "url": url}
+        return {"name": self.name, "kind": self.kind, "url": url, "enrolled": self.enrolled}
 
 
 class AvatarLibrary:
     """Avatar names -> sources; images are read once and kept. Uploaded images live in memory
     only, at most ``max_uploads`` of them (the oldest is forgotten when a new one comes)."""
 
-    def __init__(self, files: list[Path] | None = None, max_uploads: int = 16) -> None:
+    def __init__(self, files: list[Path] | None = None, max_uploads: int = 16, enrolled: Path | None = None) -> None:
         self._sources: dict[str, AvatarSource] = {CAMERA: AvatarSource(CAMERA, "camera")}
         for name, path in BUNDLED.items():
             self._sources[name] = AvatarSource(name, "image", path)
@@ -46,6 +59,8 @@ class AvatarLibrary:
         self._lock = threading.Lock()
         self._uploads: list[str] = []  # oldest first
         self.max_uploads = max_uploads
+        for thumb in sorted(enrolled.glob("*/thumb.jpg")) if enrolled and enrolled.is_dir() else []:
+            self.add_enrolled(thumb.parent)
 
     def add_upload(self, stem: str, rgb: np.ndarray) -> tuple[str, list[str]]:
         """Add an uploaded image; returns its name and the names forgotten to make room."""
@@ -65,6 +80,15 @@ class AvatarLibrary:
                 self._images.pop(old, None)
                 forgotten.append(old)
         return name, forgotten
+
+    def add_enrolled(self, folder: Path) -> str:
+        """An avatar a backend enrolled from a video (``folder`` = NAME.KIND/ with a thumb.jpg): listed
+        as an image (its thumbnail is the picture other backends animate) named NAME."""
+        name = folder.name.split(".")[0]
+        self._sources[name] = AvatarSource(name, "image", enrolled_picture(folder), enrolled=True)
+        with self._lock:
+            self._images.pop(name, None)  # a re-enrolled head's new thumbnail
+        return name
 
     def names(self) -> list[str]:
         return list(self._sources)

@@ -1,4 +1,4 @@
-"""``python -m stream_server <command>``: serve, render, doctor, export."""
+"""``python -m stream_server <command>``: serve, render, doctor, export, enrol."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from engines.auto import AUTO
-from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE, BackendExport
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE, BackendEnrol, BackendExport
 from engines.registry import DEFAULT_BACKEND, backend_names, importable_backends, load_entry
 
 EXPORT_EXTRA = "export needs PyTorch, diffusers, transformers and onnx (pip install '.[export]')"
+
+
+def enrolments() -> dict[str, BackendEnrol]:
+    """The backends that can enrol a person from a video, by name (``Backend.enrol``)."""
+    return {name: cls.enrol for name, cls in importable_backends().items() if cls.enrol is not None}
 
 
 def exports() -> dict[str, BackendExport]:
@@ -86,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="what this machine can run: providers, GPU, backends, weights", description="Report ONNX Runtime providers, TensorRT, the GPU, each backend's availability (and why not) and which model files were found.")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    enrolling = enrolments()
+    enrol = commands.add_parser("enrol", help="make a person's own avatar from a video of them talking (a trained head)",
+                                description="Enrol a person from a video (30 s to 5 min of them talking, one face, a still "
+                                "camera): the avatar appears under NAME for the backends that use it.")
+    enrol.add_argument("--video", required=True, type=Path, help="the video of the person talking")
+    enrol.add_argument("--name", required=True, help="the avatar's name (letters, digits, - and _)")
+    enrol.add_argument("--backend", choices=list(enrolling) or None, default=next(iter(enrolling), None),
+                       help=f"whose avatar to make (default {next(iter(enrolling), 'none')})")
+    enrol.add_argument("--tiny", action="store_true", help="a test-scale avatar (96x96, minutes on a CPU); without a GPU only this")
+
     export = commands.add_parser("export", help="export a neural backend's weights to ONNX (needs the export extra: torch, diffusers, transformers, onnx)", description="Export the official weights to ONNX, checking each model against PyTorch.")
     models = export.add_subparsers(dest="model", required=True, metavar="BACKEND", help="which backend's models")
     for name, spec in exports().items():
@@ -113,18 +128,77 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "export":
         return export_command(args)
+    if args.command == "enrol":
+        return enrol_command(args)
     return render_command(args)
+
+
+def enrol_command(args: argparse.Namespace) -> int:
+    """Run the backend's enrolment (``Backend.enrol``) with a progress line; Ctrl-C cancels it."""
+    import threading
+
+    from engines.base import avatars_dir
+    from stream_server.uploads import UploadError, check_name
+
+    if args.backend is None:
+        print("error: no backend here can enrol a person from a video", file=sys.stderr)
+        return 2
+    try:
+        name = check_name(args.name)
+    except UploadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    spec = enrolments()[args.backend]
+    run = _entry(spec.entry, spec.needs, "enrolment needs PyTorch and safetensors (pip install '.[test]')")
+    if run is None:
+        return 2
+    cancel = threading.Event()
+    try:
+        folder = run(args.video, name, avatars_dir(), tiny=args.tiny, progress=progress_line, cancel=cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\ncancelled", file=sys.stderr)
+        return 130
+    except spec.errors as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nenrolled {name}: {folder} (serve and pick the avatar {name!r} with --backend {args.backend})")
+    return 0
+
+
+def progress_line(state: dict) -> None:
+    """One terminal line, rewritten: stage, a bar, and while training the iteration, loss,
+    held-out PSNR and time left."""
+    fraction = float(state.get("fraction", 0.0))
+    bar = "#" * int(fraction * 30)
+    parts = [f"\r{state.get('stage', ''):>8} [{bar:<30}] {fraction * 100:5.1f} %"]
+    if "iteration" in state:
+        parts.append(f" it {state['iteration']}/{state.get('total', '?')}")
+    if state.get("loss") is not None:
+        parts.append(f" loss {state['loss']:.4f}")
+    if state.get("heldout_psnr") is not None:
+        parts.append(f" held-out PSNR {state['heldout_psnr']:.1f} dB")
+    if state.get("seconds_left") is not None:
+        parts.append(f" {state['seconds_left']:.0f} s left")
+    print("".join(parts), end="", file=sys.stderr, flush=True)
+
+
+def _entry(entry: str, needs: tuple[str, ...], hint: str):
+    """A backend command's function, its heavy modules imported first; None (said why) without them."""
+    try:
+        for module in needs:
+            importlib.import_module(module)
+        return load_entry(entry)
+    except ImportError as exc:
+        print(f"error: {hint}: {exc}", file=sys.stderr)
+        return None
 
 
 def export_command(args: argparse.Namespace) -> int:
     """Run the backend's export (``Backend.export``); its heavy imports happen only here."""
     spec = exports()[args.model]
-    try:
-        for module in spec.needs:
-            importlib.import_module(module)
-        run = load_entry(spec.entry)
-    except ImportError as exc:
-        print(f"error: {EXPORT_EXTRA}: {exc}", file=sys.stderr)
+    run = _entry(spec.entry, spec.needs, EXPORT_EXTRA)
+    if run is None:
         return 2
     try:
         run(args.models_dir, args.out)

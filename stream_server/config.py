@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     trace_file: Path | None = None  # one JSON line per output frame with its stage timings
     channels: list[str] = []  # channels created at start-up (WHIP in, WHEP out), with the defaults above
     recordings_dir: Path = Path("recordings")  # where channel recordings are written
+    avatars_dir: Path = Path("avatars")  # enrolled heads (LIPSYNC_AVATARS_DIR; engines.base.avatars_dir)
     max_viewers: int = Field(16, ge=1)  # WHEP viewers per channel (each costs one video encode)
 
     # -- access ----------------------------------------------------------------------------
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(10.0, gt=0)  # no packet from the peer for this long ends a session
     max_session_s: float = Field(12 * 3600.0, gt=0)  # a session is ended after this long
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # an uploaded avatar image
+    max_video_bytes: int = Field(300 * 1024 * 1024, ge=1024)  # a video uploaded to enrol a person
     max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_uploads: int = Field(16, ge=1)  # uploaded avatars kept; the oldest is forgotten beyond it
 

@@ -18,11 +18,13 @@ from aiortc import RTCSessionDescription
 from engines.auto import AutoChoice, choose_backend
 from engines.base import Avatar, AvatarError
 from engines.images import fit_cover
+from engines.machine import gpus
 from engines.registry import BackendRegistry
 from stream_server import metrics
 from stream_server.avatars import BUNDLED, AvatarLibrary
 from stream_server.channels import CHANNEL_NAME, Channel
 from stream_server.config import Settings
+from stream_server.enrolments import Enrolments
 from stream_server.loop_lag import LoopLag
 from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.session import Replacement, Session, SessionLimits
@@ -45,7 +47,8 @@ class Server:
 
     def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
         self.settings = settings
-        self.avatars = AvatarLibrary(settings.avatar_files, settings.max_uploads)
+        self.avatars = AvatarLibrary(settings.avatar_files, settings.max_uploads, settings.avatars_dir)
+        self.enrolments = Enrolments(on_done=self.avatars.add_enrolled, gpu=lambda: bool(gpus()[0]))
         self.registry = registry or BackendRegistry(BUNDLED["astronaut"])
         self.sessions: dict[str, Session] = {}
         self._opening = 0  # offers being answered (counted against max_sessions)

@@ -21,12 +21,12 @@ import av
 import numpy as np
 
 from engines.auto import AUTO, choose_backend
-from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, Expression
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, Expression, avatars_dir
 from engines.images import fit_cover, read_image
 from engines.media_io import load_audio
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
-from stream_server.avatars import BUNDLED
+from stream_server.avatars import BUNDLED, enrolled_picture, find_enrolled
 from stream_server.options import OptionError, expression_options
 from stream_server.pipeline import Generation, MakeFrame, Portrait, StreamPipeline, expected_backend_s
 from stream_server.scheduler import MIN_BUDGET_S, Emission
@@ -147,9 +147,12 @@ def render(
         raise RenderError(f"{audio} holds less than 0.1 s of audio")
     duration = len(pcm48) / PLAYBACK_RATE
 
-    avatar_path = BUNDLED.get(avatar, Path(avatar))
+    enrolled = find_enrolled(avatar, avatars_dir())
+    avatar_path = BUNDLED.get(avatar) or (enrolled_picture(enrolled) if enrolled else Path(avatar))
     if not avatar_path.is_file():
-        raise RenderError(f"avatar {avatar!r} is neither a bundled avatar ({', '.join(BUNDLED)}) nor a file")
+        raise RenderError(f"avatar {avatar!r} is neither a bundled avatar ({', '.join(BUNDLED)}), an enrolled one "
+                          f"(under {avatars_dir()}) nor a file")
+    avatar_name = avatar if enrolled or avatar in BUNDLED else avatar_path.stem
     is_video = avatar_path.suffix.lower() in VIDEO_SUFFIXES
     image = None if is_video else read_image(avatar_path)
     if size is None:
@@ -166,7 +169,7 @@ def render(
         backend_name = choice.backend
     backend = registry.get(backend_name)
     portrait = None if image is None else fit_cover(image, width, height)
-    prepared = backend.prepare_avatar(avatar_path.stem, portrait)
+    prepared = backend.prepare_avatar(avatar_name, portrait)
 
     backend_s = 0.0 if timing == "ideal" else expected_backend_s(registry.info(backend_name).typical_fps, fps)
     frames = Portrait(portrait) if portrait is not None else VideoBase(avatar_path, size)

@@ -18,3 +18,15 @@ def shared_media(*parts: str) -> Path:
             "beside the checkout (see its README and MANIFEST.json)"
         )
     return path
+
+
+CORPUS_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "video"
+
+
+def corpus_clip(name: str) -> Path:
+    """A real clip of ../shared/corpus, read in place."""
+    path = CORPUS_VIDEO / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: these tests read real clips from ../shared/corpus "
+                                "beside the checkout (see its README and MANIFEST.json)")
+    return path

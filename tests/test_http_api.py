@@ -56,7 +56,7 @@ async def test_malformed_offers_get_a_clear_400(server_url: str, body: bytes, st
 @pytest.mark.parametrize(
     ("options", "message", "valid"),
     [
-        ({"backend": "wav2lip"}, "unknown backend 'wav2lip'", ["mesh", "passthrough", "musetalk", "vasa", "slow", "batching", "broken", "faulty", "badload"]),
+        ({"backend": "wav2lip"}, "unknown backend 'wav2lip'", ["mesh", "passthrough", "musetalk", "vasa", "gaussian", "slow", "batching", "broken", "faulty", "badload"]),
         ({"avatar": "../../etc/passwd"}, "unknown avatar", ["camera", "astronaut"]),
         ({"fps": 0}, "fps must be from 1 to 60", [1, 60]),
         ({"fps": "fast"}, "fps must be a whole number", [1, 60]),

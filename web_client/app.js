@@ -479,10 +479,59 @@ async function pollBrowserStats() {
 
 // ---------------------------------------------------------------------------- upload
 
+// A video enrols the person (the server trains their head): its progress is polled and shown
+// until it is done, failed or cancelled; then the new avatar is picked.
+async function enrolVideo(file, stem) {
+  const res = await fetch(`/avatars?name=${encodeURIComponent(stem)}`, {
+    method: 'POST', headers: { 'Content-Type': file.type || 'video/mp4', ...authHeaders() }, body: file,
+  });
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok) {
+    showError(`The video was not accepted: ${(body && body.error) || `HTTP ${res.status}`}`);
+    return;
+  }
+  logEvent(`enrolling ${stem}${body.tiny ? ' at test scale (no GPU here)' : ''}`);
+  $('enrol-progress').hidden = false;
+  state.enrolUrl = body.url;
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const poll = await fetch(body.url, { headers: authHeaders() });
+    const job = await poll.json();
+    const p = job.progress || {};
+    $('enrol-bar').value = p.fraction || 0;
+    setText('enrol-text', [p.stage, p.iteration !== undefined ? `it ${p.iteration}/${p.total}` : '',
+      p.heldout_psnr ? `held-out PSNR ${fmt(p.heldout_psnr, 1)} dB` : '',
+      p.seconds_left !== undefined && p.seconds_left !== null ? `${fmt(p.seconds_left)} s left` : ''].filter(Boolean).join(' · '));
+    if (job.state === 'running') continue;
+    $('enrol-progress').hidden = true;
+    state.enrolUrl = null;
+    if (job.state === 'done') {
+      logEvent(`enrolled ${job.name}`);
+      await loadChoices();
+      $('avatar').value = job.name;
+      updateAvatarThumb();
+    } else {
+      showError(`The enrolment ${job.state}: ${job.error}`);
+    }
+    return;
+  }
+}
+
+$('enrol-cancel').addEventListener('click', () => {
+  if (state.enrolUrl) fetch(state.enrolUrl, { method: 'DELETE', headers: authHeaders() }).catch(() => {});
+});
+
 async function uploadAvatar() {
   const file = $('upload').files[0];
   if (!file) return;
   showError('');
+  if ((file.type || '').startsWith('video/')) {
+    const stem = file.name.replace(/\.[^.]*$/, '').replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 32) || 'upload';
+    try { await enrolVideo(file, stem); } catch (err) { showError(`The enrolment failed: ${err.message || err}`); }
+    $('upload').value = '';
+    return;
+  }
   const stem = file.name.replace(/\.[^.]*$/, '').replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 32) || 'upload';
   try {
     const res = await fetch(`/avatars?name=${encodeURIComponent(stem)}`, {

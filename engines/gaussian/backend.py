@@ -1,0 +1,178 @@
+"""``gaussian``: a person's own 3D Gaussian head, enrolled from a video of them
+(``python -m stream_server enrol``), driven by the voice.
+
+The audio-to-mouth model (the one ``mesh`` uses) turns each frame's audio into the mouth's
+``open``, ``width`` and ``closure``; those, and the blinks of the replay plate's frame, drive the
+person's rig and offset network (``model.py``); the Gaussians are rasterised at the plate frame's
+head pose and composited over the plate (the enrolment video's own frames, played forward and
+back), which gives the background, the torso and the head's motion.
+
+On an NVIDIA GPU it renders with gsplat when that is installed and builds, else with the
+project's own torch rasteriser on the GPU; jobs of one head due in the same tick are rendered in
+one batch. A CPU cannot render it in real time: the backend is unavailable there unless
+``LIPSYNC_GAUSSIAN_CPU=1`` asks for the debug mode (the torch rasteriser at most 128x128).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from engines.audio2mouth.model import AudioToMouth
+from engines.base import Avatar, AvatarError, Backend, BackendEnrol, FrameJob
+from engines.gaussian.prepare import EnrolError
+from engines.images import fit_cover
+from engines.machine import gpus
+from engines.mouth import MouthParams
+
+log = logging.getLogger(__name__)
+
+CPU_ENV = "LIPSYNC_GAUSSIAN_CPU"
+DEBUG_SIDE = 128  # the largest render the CPU debug mode draws
+_MODEL = AudioToMouth.load()
+
+
+def _cpu_debug() -> bool:
+    return os.environ.get(CPU_ENV, "") == "1"
+
+
+@dataclass
+class _Head:
+    """One enrolled head, loaded for serving."""
+
+    model: Any  # GaussianHead (torch)
+    plate: Any  # checkpoint.Plate
+    side: int  # render side, px
+    frames: dict[int, np.ndarray]  # decoded plate frames (a small cache)
+    drive_low: np.ndarray  # (5,) the enrolment video's p1 of each drive value
+    drive_high: np.ndarray  # (5,) and its p99
+
+
+def pingpong(i: int, n: int) -> int:
+    """Plate frame ``i`` of a loop played forward then backward (no jump at the ends)."""
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    i %= period
+    return i if i < n else period - i
+
+
+class GaussianBackend(Backend):
+    name = "gaussian"
+    description = ("A person's own 3D Gaussian head, enrolled from a video of them (python -m stream_server "
+                   "enrol), driven by the voice; needs an NVIDIA GPU for real time")
+    lookahead_s = _MODEL.lookahead_s
+    context_s = _MODEL.context_s
+    batch_size = 8
+    quality_rank = None  # never picked by auto: it needs an enrolled head, which auto cannot choose
+    enrol = BackendEnrol(
+        entry="engines.gaussian.enrol:enrol",
+        help="a Gaussian head of the person in the video (tracking, rig, training; minutes on a GPU)",
+        errors=(EnrolError, AvatarError),
+        needs=("torch", "safetensors"),
+    )
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        missing = [m for m in ("torch", "safetensors") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"needs {' and '.join(missing)} (pip install '.[test]')"
+        if not gpus()[0] and not _cpu_debug():
+            return (f"needs an NVIDIA GPU for real time; {CPU_ENV}=1 renders at {DEBUG_SIDE}x{DEBUG_SIDE} "
+                    f"on the CPU (a debug mode, not real time)")
+        return None
+
+    def __init__(self) -> None:
+        self._model = _MODEL
+        self._device = "cpu"
+        self._rasterize: Any = None
+        self._renderer = ""
+
+    def load(self) -> None:
+        import torch
+
+        from engines.gaussian.raster_gsplat import gsplat_unavailable
+
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        why_not = gsplat_unavailable() if self._device == "cuda" else "no CUDA"
+        if why_not is None:
+            from engines.gaussian.raster_gsplat import rasterize
+            self._renderer = "gsplat"
+        else:
+            from engines.gaussian.raster_torch import rasterize
+            self._renderer = f"torch ({why_not})"
+        self._rasterize = rasterize
+        log.info("gaussian: rendering on %s with %s", self._device, self._renderer)
+
+    def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
+        from engines.gaussian.checkpoint import head_dir, load_head
+
+        if image is None:
+            raise AvatarError("the gaussian backend animates an enrolled person, not the live camera: "
+                              "enrol a video (python -m stream_server enrol --video CLIP --name NAME) and pick NAME")
+        try:
+            folder = head_dir(name)
+        except (AvatarError, ValueError) as exc:
+            raise AvatarError(f"no enrolled head named {name!r}: {exc}") from exc
+        head_file, plate = load_head(folder)  # AvatarError with the hint to enrol or re-enrol
+        model = head_file.model(self._device).eval()
+        side = model.config.res if self._device == "cuda" else min(model.config.res, DEBUG_SIDE)
+        # the drive stays inside what the video showed (p1..p99): the rig and the offsets were
+        # fitted there, and extrapolate badly beyond
+        low_high = np.asarray(head_file.config.get("drive_range", [[-np.inf, np.inf]] * 5), np.float32)
+        return Avatar(name=name, image=image, data={"head": _Head(model, plate, side, {}, low_high[:, 0], low_high[:, 1])})
+
+    def generate(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        import torch
+
+        raw = self._model.predict_batch(np.stack([job.audio.mel for job in jobs]))
+        groups: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(id(job.avatar), []).append(i)
+        frames: list[np.ndarray] = [job.base_frame] * len(jobs)
+        for indices in groups.values():
+            head: _Head = jobs[indices[0]].avatar.data["head"]
+            plate = head.plate
+            ks = [pingpong(int(round(jobs[i].time_s * plate.fps)), len(plate)) for i in indices]
+            drive = []
+            for i, k in zip(indices, ks):
+                mouth = MouthParams.from_array(raw[i]).with_gain(jobs[i].expression.mouth_gain)
+                drive.append([mouth.open, mouth.width, mouth.closure, *plate.blink[k]])
+            with torch.no_grad():
+                d = torch.tensor(np.clip(np.array(drive, np.float32), head.drive_low, head.drive_high), device=self._device)
+                pose = torch.tensor(plate.pose[ks], device=self._device)
+                rgb, alpha = head.model.render(d, pose, head.side, rasterize=self._rasterize)
+            rgb, alpha = rgb.float().cpu().numpy(), alpha.float().cpu().numpy()
+            for j, (i, k) in enumerate(zip(indices, ks)):
+                frames[i] = self._composite(head, k, rgb[j], alpha[j], jobs[i].base_frame.shape)
+        return frames
+
+    @staticmethod
+    def _composite(head: _Head, k: int, rgb: np.ndarray, alpha: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The head over plate frame k's crop, pasted back into the frame, fitted to the output."""
+        from engines.gaussian.prepare import cut_crop
+
+        plate = head.plate
+        if k not in head.frames:
+            if len(head.frames) > 64:
+                head.frames.pop(next(iter(head.frames)))
+            head.frames[k] = plate.frame(k)
+        frame = head.frames[k].copy()
+        box = np.round(np.asarray(plate.crop) * plate.scale).astype(int)
+        under = cut_crop(frame, box, head.side).astype(np.float32) / 255.0
+        crop = np.clip(rgb + (1.0 - alpha) * under, 0.0, 1.0)
+        x0, y0, x1, y1 = box
+        h, w = frame.shape[:2]
+        patch = cv2.resize((crop * 255.0 + 0.5).astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        frame[fy0:fy1, fx0:fx1] = patch[fy0 - y0: fy1 - y0, fx0 - x0: fx1 - x0]
+        return fit_cover(frame, shape[1], shape[0])
+
+    def stream_stats(self, stream_id: str) -> dict[str, Any]:
+        return {}
