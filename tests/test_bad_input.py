@@ -163,7 +163,7 @@ async def test_bad_input_to_every_route_gets_a_clear_4xx_while_a_session_streams
                 async with http.delete(f"{live.url}/sessions/{reply['session_id']}") as done:
                     assert done.status == 200
             if case.name == "upload: a real portrait" and response.status == 201:
-                assert reply["avatar"] == {"name": "portrait", "kind": "image", "url": "/avatars/portrait.jpg"}
+                assert reply["avatar"] == {"name": "portrait", "kind": "image", "url": "/avatars/portrait.jpg", "enrolled": False}
                 async with http.get(f"{live.url}/avatars/portrait.jpg") as thumb:
                     assert thumb.status == 200 and thumb.content_type == "image/jpeg"
     elapsed = time.monotonic() - started
