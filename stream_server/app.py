@@ -246,6 +246,8 @@ async def _enrol_upload(request: web.Request, server: Server) -> web.Response:
         data = await _read_upload(request, server.settings.max_video_bytes, "video")
         if not is_video(data[:12]):
             raise UploadError(415, "that is not a video file (MP4, MOV, WebM or AVI)")
+        if name in server.avatars.names() and not server.avatars.source(name).enrolled:
+            raise UploadError(409, f"an avatar named {name!r} exists and is not an enrolled one: pick another name")
         job = server.enrolments.start(name, data)
     except UploadError as exc:
         return error_response(exc.status, str(exc), exc.valid)

@@ -82,10 +82,11 @@ class Enrolments:
         backend, spec = found
         job = Enrolment(name, backend, tiny=not self._gpu())
         self._jobs[name] = job
-        asyncio.get_running_loop().run_in_executor(None, self._run, job, spec, video)
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, self._run, job, spec, video, loop)
         return job
 
-    def _run(self, job: Enrolment, spec: BackendEnrol, video: bytes) -> None:
+    def _run(self, job: Enrolment, spec: BackendEnrol, video: bytes, loop: asyncio.AbstractEventLoop) -> None:
         with tempfile.TemporaryDirectory(prefix="enrol-") as folder:
             path = Path(folder) / "upload.mp4"
             path.write_bytes(video)
@@ -99,5 +100,5 @@ class Enrolments:
                 log.exception("enrolment of %s failed", job.name)
                 job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
                 return
+        loop.call_soon_threadsafe(self._on_done, result)  # the avatar list belongs to the event loop
         job.state = "done"
-        self._on_done(result)

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -48,7 +49,7 @@ class Server:
     def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
         self.settings = settings
         self.avatars = AvatarLibrary(settings.avatar_files, settings.max_uploads, settings.avatars_dir)
-        self.enrolments = Enrolments(on_done=self.avatars.add_enrolled, gpu=lambda: bool(gpus()[0]))
+        self.enrolments = Enrolments(on_done=self._enrolled, gpu=lambda: bool(gpus()[0]))
         self.registry = registry or BackendRegistry(BUNDLED["astronaut"])
         self.sessions: dict[str, Session] = {}
         self._opening = 0  # offers being answered (counted against max_sessions)
@@ -93,6 +94,11 @@ class Server:
             while len(self._prepared) > MAX_PREPARED:
                 self._prepared.popitem(last=False)
         return self._prepared[key]
+
+    def _enrolled(self, folder: Path) -> None:
+        """A person enrolled from a video: listed, and a head enrolled again under the same name
+        is prepared afresh."""
+        self.forget_avatar(self.avatars.add_enrolled(folder))
 
     def forget_avatar(self, name: str) -> None:
         for key in [key for key in self._prepared if key[1] == name]:

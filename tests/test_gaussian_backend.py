@@ -102,6 +102,8 @@ async def test_the_enrolment_api_refuses_clearly_and_cancels(avatars: Path, star
             assert response.status == 415 and "not a video file" in (await response.json())["error"]
         async with http.get(f"{live.url}/avatars/nobody/enrolment") as response:
             assert response.status == 404
+        async with http.post(f"{live.url}/avatars?name=astronaut", data=CLIP.read_bytes(), headers={"Content-Type": "video/mp4"}) as response:
+            assert response.status == 409 and "not an enrolled one" in (await response.json())["error"]
         video = CLIP.read_bytes()
         async with http.post(f"{live.url}/avatars?name=ani2", data=video, headers={"Content-Type": "video/mp4"}) as response:
             job = await response.json()
