@@ -33,3 +33,19 @@ def render_musetalk_second(models: Path, tmp_path: Path) -> tuple[dict[str, Any]
                  "-o", str(video), "--width", "256", "--height", "256", env={"LIPSYNC_MODELS_DIR": str(models)})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), video
+
+
+def render_arguments(monkeypatch, *args: str) -> tuple[int, dict[str, Any]]:
+    """``python -m stream_server render ARGS`` in this process with ``render`` itself replaced:
+    the exit code and the keyword arguments the command line passed to it."""
+    import stream_server.render as render_module
+    from stream_server import cli as server_cli
+
+    seen: dict[str, Any] = {}
+
+    def fake_render(*positional: object, **kwargs: object) -> object:
+        seen.update(kwargs)
+        raise render_module.RenderError("stopped here")
+
+    monkeypatch.setattr(render_module, "render", fake_render)
+    return server_cli.main(["render", *args]), seen

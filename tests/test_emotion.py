@@ -8,18 +8,16 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
 from engines.base import DEFAULT_EMOTION, EMOTIONS, Expression
 from engines.registry import BackendRegistry
-from stream_server import cli
 from stream_server.avatars import BUNDLED, AvatarLibrary
 from stream_server.config import Settings
 from stream_server.options import OptionError, parse_options
-from tests.cli_runs import cli as run_cli
+from tests.cli_runs import cli as run_cli, render_arguments
 from tests.conftest import StartServer, offer_sdp
 from tests.media import shared_media
 
@@ -96,20 +94,11 @@ async def test_a_running_session_changes_its_emotion_over_the_stats_socket(start
 
 
 def test_render_takes_the_emotion_on_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import stream_server.render as render_module
-
-    seen = {}
-
-    def fake_render(*args: object, **kwargs: object) -> object:
-        seen.update(kwargs)
-        raise render_module.RenderError("stopped here")
-
-    monkeypatch.setattr(render_module, "render", fake_render)
     audio = str(shared_media("audio", "makeittalk_M6_04_16k.wav"))
     out = str(tmp_path / "x.mp4")
-    assert cli.main(["render", "--avatar", "astronaut", "--audio", audio, "-o", out, "--emotion", "sad",
-                     "--emotion-intensity", "0.3"]) == 2
-    assert (seen["emotion"], seen["emotion_intensity"]) == ("sad", 0.3)
+    code, seen = render_arguments(monkeypatch, "--avatar", "astronaut", "--audio", audio, "-o", out, "--emotion", "sad",
+                                  "--emotion-intensity", "0.3")
+    assert code == 2 and (seen["emotion"], seen["emotion_intensity"]) == ("sad", 0.3)
     result = run_cli("render", "--avatar", "astronaut", "--audio", audio, "-o", out, "--emotion", "smug")
     assert result.returncode == 2 and "emotion must be one of" in result.stderr and "Traceback" not in result.stderr
-    assert not np.any([Path(out).exists()])
+    assert not Path(out).exists()

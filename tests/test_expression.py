@@ -20,13 +20,12 @@ from engines.mesh.backend import MeshBackend, mouth_model
 from engines.mouth import MouthParams
 from engines.passthrough.backend import PassthroughBackend
 from engines.registry import BackendRegistry
-from stream_server import cli
 from stream_server.audio_in import AudioIn
 from stream_server.avatars import BUNDLED, AvatarLibrary
 from stream_server.config import Settings
 from stream_server.options import OptionError, parse_options
 from stream_server.pipeline import Generation, Portrait, StreamPipeline
-from tests.cli_runs import cli as run_cli
+from tests.cli_runs import cli as run_cli, render_arguments
 from tests.conftest import StartServer
 from tests.media import shared_media
 
@@ -113,20 +112,12 @@ def test_mesh_opens_wider_with_more_gain_and_keeps_silence_closed(still_mesh: Me
 
 
 def test_render_takes_the_gain_on_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import stream_server.render as render_module
-
-    seen = {}
-
-    def fake_render(*args: object, **kwargs: object) -> object:
-        seen.update(kwargs)
-        raise render_module.RenderError("stopped here")
-
-    monkeypatch.setattr(render_module, "render", fake_render)
     audio = str(shared_media("audio", "makeittalk_M6_04_16k.wav"))
-    assert cli.main(["render", "--avatar", "astronaut", "--audio", audio, "-o", str(tmp_path / "x.mp4"), "--mouth-gain", "1.5"]) == 2
-    assert seen["mouth_gain"] == 1.5
-    assert cli.main(["render", "--avatar", "astronaut", "--audio", audio, "-o", str(tmp_path / "x.mp4")]) == 2
-    assert seen["mouth_gain"] == DEFAULT_MOUTH_GAIN
+    base = ("--avatar", "astronaut", "--audio", audio, "-o", str(tmp_path / "x.mp4"))
+    code, seen = render_arguments(monkeypatch, *base, "--mouth-gain", "1.5")
+    assert code == 2 and seen["mouth_gain"] == 1.5
+    code, seen = render_arguments(monkeypatch, *base)
+    assert code == 2 and seen["mouth_gain"] == DEFAULT_MOUTH_GAIN
 
 
 def test_render_refuses_a_gain_out_of_range_clearly(tmp_path: Path) -> None:

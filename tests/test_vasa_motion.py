@@ -227,14 +227,20 @@ def test_sampling_times() -> None:
     assert plan.n_noise == 9 and plan.sigma.shape == plan.c.shape == (9,)
 
 
-@pytest.mark.parametrize("steps", [10, 50])
-def test_sigma_and_c_closed_form(steps: int) -> None:
-    plan = M.sampler_plan(steps)
+def _abar64() -> np.ndarray:
+    """The cosine schedule's ᾱ in float64, from its closed form (the reference for the sampler's tables)."""
     s = 8e-3
     f = np.cos((np.arange(1001) / 1000 + s) / (1 + s) * np.pi / 2) ** 2
     f /= f[0]
     abar = f[1:].copy()
     abar[-1] = f[999] * 1e-3
+    return abar
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_sigma_and_c_closed_form(steps: int) -> None:
+    plan = M.sampler_plan(steps)
+    abar = _abar64()
     for i, (t, tn) in enumerate(plan.time_pairs[:-1]):
         a, an = abar[t], abar[tn]
         sigma = np.sqrt((1 - a / an) * (1 - an) / (1 - a))
@@ -270,11 +276,7 @@ def test_constant_x0_denoiser_returns_x0(steps: int) -> None:
     assert np.array_equal(seen[0][0], x_T)
 
     # every step is x ← x₀·√ᾱ_next + c·ε̂ + σ·z, ε̂ = x/√(1-ᾱ) - x₀/√(1/ᾱ-1) (float64)
-    s = 8e-3
-    f = np.cos((np.arange(1001) / 1000 + s) / (1 + s) * np.pi / 2) ** 2
-    f /= f[0]
-    abar = f[1:].copy()
-    abar[-1] = f[999] * 1e-3
+    abar = _abar64()
     for i, (t, tn) in enumerate(plan.time_pairs[:-1]):
         x = seen[i][0].astype(np.float64)
         a, an = abar[t], abar[tn]
