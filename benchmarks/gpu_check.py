@@ -29,6 +29,12 @@ not diffusers): carry the wheels diffusers==0.42.1 and importlib_metadata==8.7.0
 ``.whl/`` and run ``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl;
 PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out $OUT/gpu_check.json``.
 Without them MuseTalk's UNet is reported as skipped and the rest runs.
+
+``--only gaussian`` (or the default, all parts) adds the gaussian backend
+(``benchmarks/gpu_check_gaussian.py``: gsplat's build, parity, enrolment, serving at 512x512 for
+1/4/8 sessions); it needs a clip prepared here and the gsplat wheel carried (see that module).
+One lease may not hold vasa, musetalk and a gsplat build together: run ``--only vasa,musetalk``
+and ``--only gaussian`` in separate leases if need be.
 """
 
 from __future__ import annotations
@@ -560,6 +566,9 @@ def table(check: Check) -> str:
         lines.append(f"vasa first frame {k}: {row}")
     for k, row in d.get("musetalk", {}).items():
         lines.append(f"musetalk {k}: {row}")
+    from benchmarks.gpu_check_gaussian import table as gaussian_table
+
+    lines += gaussian_table(check.report)
     return "\n".join(lines)
 
 
@@ -570,7 +579,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"JSON report (default {DEFAULT_OUT.relative_to(ROOT)} on a GPU, the temp dir without one)")
     parser.add_argument("--budget-s", type=float, default=None, help="soft budget: no new measurement after it (default 420, quick 150)")
     parser.add_argument("--hard-s", type=float, default=None, help="hard limit: write what was measured and exit (default 480, quick 170)")
+    parser.add_argument("--only", default="vasa,musetalk,gaussian",
+                        help="comma-separated parts to run (default all): vasa, musetalk, gaussian; one lease "
+                             "holds vasa+musetalk or gaussian with a gsplat build, not always both")
+    parser.add_argument("--gaussian-input", type=Path, default=None,
+                        help="the prepared clip for the gaussian part (default .gpu_inputs/gaussian_512.npz)")
     args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - {"vasa", "musetalk", "gaussian"}
+    if unknown:
+        parser.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; pick from vasa, musetalk, gaussian")
     warnings.filterwarnings("ignore", module=r"torch(\.|$)")  # the ONNX tracer's warnings drown the table
     budget = args.budget_s or (150.0 if args.quick else 420.0)
     hard = args.hard_s or max(budget + 30.0, 170.0 if args.quick else 480.0)
@@ -580,15 +598,23 @@ def main(argv: list[str] | None = None) -> int:
           f"{check.torch.__version__}, CUDA {check.torch.version.cuda}; budget {budget:.0f} s, hard {hard:.0f} s", flush=True)
     if not check.cuda:
         print("  no CUDA device: CPU figures below are a code-path check, not GPU numbers", flush=True)
+    check.report["parts"] = sorted(parts)
     tm = _load("vasa_torch_models_for_gpu_check", ROOT / "engines" / "vasa" / "torch_models.py")
-    models = run_vasa(check, tm)  # highest priority: the per-frame and per-window networks
-    run_hubert(check)
-    run_musetalk(check)
+    models = run_vasa(check, tm) if "vasa" in parts else {}  # highest priority: per-frame and per-window networks
+    if "vasa" in parts:
+        run_hubert(check)
+    if "musetalk" in parts:
+        run_musetalk(check)
     derive(check)
     check.save()
-    run_onnxruntime(check, tm)
-    run_avatar_nets(check, tm)
-    run_compiled(check, models, tm)  # lowest priority: only with time left
+    if "gaussian" in parts:
+        from benchmarks.gpu_check_gaussian import run_gaussian
+
+        run_gaussian(check, args.gaussian_input)
+    if "vasa" in parts:
+        run_onnxruntime(check, tm)
+        run_avatar_nets(check, tm)
+        run_compiled(check, models, tm)  # lowest priority: only with time left
     derive(check)
     check.current = "done"
     check.save()

@@ -80,6 +80,50 @@ def test_render_drives_the_head_with_the_voice(avatars: Path, tmp_path: Path) ->
     assert np.nanstd(opening) > 0.005  # and its mouth moves
 
 
+def test_heads_of_different_sizes_share_one_rasterization() -> None:
+    import torch
+
+    from engines.gaussian.backend import pad_and_join
+    from engines.gaussian.raster_torch import rasterize
+    from tests.test_gaussian_raster import random_scene
+
+    keys = ("means", "quats", "scales", "opacities", "colors")
+    small = dict(zip(keys, random_scene(40, 24, 24, batch=2, seed=1)[:5]))
+    large = dict(zip(keys, random_scene(90, 24, 24, batch=1, seed=2)[:5]))
+    Ks = torch.eye(3).repeat(3, 1, 1)
+    joined = pad_and_join([small, large])
+    assert joined["means"].shape == (3, 90, 3)
+    rgb, alpha = rasterize(*(joined[k] for k in keys), Ks, 24, 24, z0=50.0)
+    for rows, scene in ((slice(0, 2), small), (slice(2, 3), large)):
+        want_rgb, want_alpha = rasterize(*(scene[k] for k in keys), Ks[rows], 24, 24, z0=50.0)
+        assert torch.allclose(rgb[rows], want_rgb, atol=1e-5) and torch.allclose(alpha[rows], want_alpha, atol=1e-5)
+
+
+def test_a_tick_of_two_people_renders_as_each_alone(avatars: Path) -> None:
+    from engines.base import AudioWindow, FrameJob
+    from engines.gaussian.backend import GaussianBackend
+
+    backend = GaussianBackend()
+    backend.load()
+    frames = int(round((backend.context_s + backend.lookahead_s) * 100))
+    rng = np.random.default_rng(0)
+
+    def speech_window(t: float) -> AudioWindow:  # log-mel noise at speech level: the mouth moves
+        mel = rng.normal(-4.0, 2.0, (frames, 80)).astype(np.float32)
+        return AudioWindow(t, backend.context_s, backend.lookahead_s, np.zeros(frames * 160, np.float32), mel)
+
+    base = np.zeros((128, 128, 3), np.uint8)
+    one = backend.prepare_avatar("ani", base)
+    other = backend.prepare_avatar("ani", base)  # a second head object: rendered as another person
+    jobs = [FrameJob(f"s{i}", i, 0.4 * i, speech_window(0.4 * i + 1.0), base, avatar)
+            for i, avatar in enumerate((one, other, one))]
+    together = backend.generate(jobs)
+    alone = [backend.generate([job])[0] for job in jobs]
+    for a, b in zip(together, alone):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding, same pixels
+    assert np.abs(together[0].astype(int) - together[1].astype(int)).max() > 0  # different times, frames differ
+
+
 async def test_a_live_session_streams_the_enrolled_head(avatars: Path, start_server: StartServer) -> None:
     from benchmarks.peer import output_fps, stream_clip
 

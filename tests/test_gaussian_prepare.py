@@ -345,3 +345,16 @@ def test_refuses_a_small_face_and_a_shaky_head(tmp_path: Path) -> None:
         shaky.append(canvas)
     with pytest.raises(EnrolError, match="the head moves too much"):
         prepare(write_video(tmp_path / "shaky.mp4", shaky), RES, tiny=True)
+
+
+def test_the_gpu_checks_thinned_clip_keeps_every_other_frame_and_its_plate(prepared) -> None:
+    from benchmarks.gpu_check_gaussian import thin
+
+    prep, _ = prepared
+    half = thin(prep, 2)
+    assert half.n_frames == (prep.n_frames + 1) // 2 and half.meta["thinned_every"] == 2
+    assert np.array_equal(half.crops([1]), prep.crops([2])) and np.array_equal(half.pose, prep.pose[::2])
+    assert len(half.heldout_idx) > 0 and len(half.train_idx) > len(half.heldout_idx)
+    for j in (0, len(half.plate_frames) - 1):  # a plate image still shows the frame it is listed for
+        old = list(prep.plate_frames).index(2 * half.plate_frames[j])
+        assert np.array_equal(half.plate(j), prep.plate(old))

@@ -8,8 +8,8 @@ head pose and composited over the plate (the enrolment video's own frames, playe
 back), which gives the background, the torso and the head's motion.
 
 On an NVIDIA GPU it renders with gsplat when that is installed and builds, else with the
-project's own torch rasteriser on the GPU; jobs of one head due in the same tick are rendered in
-one batch. A CPU cannot render it in real time: the backend is unavailable there unless
+project's own torch rasteriser on the GPU; the jobs due in one tick, of every session and every
+enrolled person rendered at the same size, go through one batched rasterization. A CPU cannot render it in real time: the backend is unavailable there unless
 ``LIPSYNC_GAUSSIAN_CPU=1`` asks for the debug mode (the torch rasteriser at most 128x128).
 """
 
@@ -61,6 +61,41 @@ def pingpong(i: int, n: int) -> int:
     period = 2 * (n - 1)
     i %= period
     return i if i < n else period - i
+
+
+def same_raster(jobs: Sequence[FrameJob]) -> dict[tuple[Any, ...], list[int]]:
+    """Job indices grouped by what one rasterization must share: render side, crop resolution
+    (the camera) and the projection's constants. Heads of different people mix in a group."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, job in enumerate(jobs):
+        head: _Head = job.avatar.data["head"]
+        config = head.model.config
+        groups.setdefault((head.side, config.res, config.z0, config.eps2d), []).append(i)
+    return groups
+
+
+def pad_and_join(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several heads' Gaussians ([B_i, N_i, ...] each) as one batch [sum B_i, max N_i, ...]; the
+    padding Gaussians have zero opacity, so they draw nothing (the rasterizers' batch test)."""
+    import torch
+
+    n = max(p["means"].shape[1] for p in parts)
+    out = {}
+    for key in ("means", "quats", "scales", "opacities", "colors"):
+        rows = []
+        for p in parts:
+            x = p[key]
+            pad = n - x.shape[1]
+            if pad:
+                fill = torch.zeros((x.shape[0], pad, *x.shape[2:]), dtype=x.dtype, device=x.device)
+                if key == "quats":
+                    fill[..., 0] = 1.0  # a valid rotation
+                elif key == "scales":
+                    fill += 1e-3
+                x = torch.cat((x, fill), 1)
+            rows.append(x)
+        out[key] = torch.cat(rows, 0)
+    return out
 
 
 class GaussianBackend(Backend):
@@ -132,26 +167,49 @@ class GaussianBackend(Backend):
         import torch
 
         raw = self._model.predict_batch(np.stack([job.audio.mel for job in jobs]))
-        groups: dict[int, list[int]] = {}
+        plate_frame: list[int] = []
+        drive = np.zeros((len(jobs), 5), np.float32)
         for i, job in enumerate(jobs):
-            groups.setdefault(id(job.avatar), []).append(i)
+            head: _Head = job.avatar.data["head"]
+            k = pingpong(int(round(job.time_s * head.plate.fps)), len(head.plate))
+            mouth = MouthParams.from_array(raw[i]).with_gain(job.expression.mouth_gain)
+            d = [mouth.open, mouth.width, mouth.closure, *head.plate.blink[k]]
+            drive[i] = np.clip(np.asarray(d, np.float32), head.drive_low, head.drive_high)
+            plate_frame.append(k)
         frames: list[np.ndarray] = [job.base_frame] * len(jobs)
-        for indices in groups.values():
-            head: _Head = jobs[indices[0]].avatar.data["head"]
-            plate = head.plate
-            ks = [pingpong(int(round(jobs[i].time_s * plate.fps)), len(plate)) for i in indices]
-            drive = []
-            for i, k in zip(indices, ks):
-                mouth = MouthParams.from_array(raw[i]).with_gain(jobs[i].expression.mouth_gain)
-                drive.append([mouth.open, mouth.width, mouth.closure, *plate.blink[k]])
-            with torch.no_grad():
-                d = torch.tensor(np.clip(np.array(drive, np.float32), head.drive_low, head.drive_high), device=self._device)
-                pose = torch.tensor(plate.pose[ks], device=self._device)
-                rgb, alpha = head.model.render(d, pose, head.side, rasterize=self._rasterize)
-            rgb, alpha = rgb.float().cpu().numpy(), alpha.float().cpu().numpy()
-            for j, (i, k) in enumerate(zip(indices, ks)):
-                frames[i] = self._composite(head, k, rgb[j], alpha[j], jobs[i].base_frame.shape)
+        with torch.no_grad():
+            for indices in same_raster(jobs).values():
+                rgb, alpha = self._render(jobs, indices, drive, plate_frame)
+                for j, i in enumerate(indices):
+                    frames[i] = self._composite(jobs[i].avatar.data["head"], plate_frame[i], rgb[j], alpha[j],
+                                                jobs[i].base_frame.shape)
         return frames
+
+    def _render(self, jobs: Sequence[FrameJob], indices: list[int], drive: np.ndarray,
+                plate_frame: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """One rasterization for the jobs ``indices`` (heads of one render size): each head's
+        Gaussians at its jobs' drive and plate poses, padded with transparent ones to one count."""
+        import torch
+
+        by_head: dict[int, list[int]] = {}
+        for i in indices:
+            by_head.setdefault(id(jobs[i].avatar.data["head"]), []).append(i)
+        parts, order = [], []
+        for group in by_head.values():
+            head: _Head = jobs[group[0]].avatar.data["head"]
+            d = torch.from_numpy(drive[group]).to(self._device)
+            pose = torch.from_numpy(head.plate.pose[[plate_frame[i] for i in group]]).to(self._device)
+            parts.append(head.model(d, pose))
+            order += group
+        first: _Head = jobs[indices[0]].avatar.data["head"]
+        g = pad_and_join(parts) if len(parts) > 1 else parts[0]
+        model = first.model
+        rgb, alpha = self._rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"],
+                                     model.cameras(len(order), first.side), first.side, first.side,
+                                     z0=model.config.z0, eps2d=model.config.eps2d)
+        rgb, alpha = rgb.float().cpu().numpy(), alpha.float().cpu().numpy()
+        back = np.argsort(np.asarray([indices.index(i) for i in order]))  # rows of ``order`` → ``indices``
+        return rgb[back], alpha[back]
 
     @staticmethod
     def _composite(head: _Head, k: int, rgb: np.ndarray, alpha: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
