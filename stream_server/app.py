@@ -234,10 +234,15 @@ async def _read_upload(request: web.Request, limit: int, what: str) -> bytes:
     """The body, refused (413) past ``limit`` bytes before or while it is read."""
     if request.content_length is not None and request.content_length > limit:
         raise UploadError(413, f"the {what} is {request.content_length} bytes; the limit is {limit}")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise UploadError(413, f"the {what} is over the limit of {limit} bytes")
-    return data
+    # read(n) returns what has arrived so far, not the whole body: a browser sends a file in
+    # several pieces, so the pieces are gathered until the end of the body
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise UploadError(413, f"the {what} is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _enrol_upload(request: web.Request, server: Server) -> web.Response:

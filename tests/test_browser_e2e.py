@@ -100,6 +100,13 @@ def vasa_server(tmp_path_factory) -> Server:
     yield from _serve(tmp_path_factory, [], {"LIPSYNC_MODELS_DIR": str(models)})
 
 
+@pytest.fixture(scope="module")
+def gaussian_server(tmp_path_factory) -> Server:
+    """A server without a GPU that enrols test-scale heads and serves them in the debug mode."""
+    avatars = tmp_path_factory.mktemp("avatars")
+    yield from _serve(tmp_path_factory, [], {"LIPSYNC_AVATARS_DIR": str(avatars), "LIPSYNC_GAUSSIAN_CPU": "1"})
+
+
 def _serve(tmp_path_factory, extra: list[str], env_extra: dict[str, str] | None = None):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
@@ -341,6 +348,41 @@ def test_vasa_streams_and_its_emotion_changes_while_running(browser, vasa_server
     assert _text(browser, "error") == ""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser_e2e_vasa.png"))
+
+
+def test_a_person_enrolled_from_a_video_on_the_page_talks(browser, gaussian_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.media import corpus_clip
+
+    _open_page(browser, gaussian_server)
+    browser.find_element(By.ID, "upload").send_keys(str(corpus_clip("AniPortrait_pose_ref_video.mp4")))
+    seen: list[str] = []
+
+    def fitting(d):  # the progress bar shows the training: iteration, held-out PSNR, time left
+        if _text(d, "error"):
+            raise AssertionError(f"the page shows an error: {_text(d, 'error')!r}")
+        text = _text(d, "enrol-text")
+        seen.append(text)
+        return "it " in text and "held-out PSNR" in text and "s left" in text
+
+    WebDriverWait(browser, 120, poll_frequency=0.5).until(fitting, message=f"no fit progress shown: {seen[-3:]}")
+    assert browser.execute_script("return document.getElementById('enrol-bar').value") > 0
+    WebDriverWait(browser, 400, poll_frequency=1.0).until(
+        lambda d: _text(d, "error") or d.execute_script("return document.getElementById('enrol-progress').hidden"),
+        message="the enrolment never finished")
+    assert _text(browser, "error") == ""
+    assert "enrolled AniPortrait_pose_ref_video" in _text(browser, "events")
+    assert browser.execute_script("return document.getElementById('avatar').value") == "AniPortrait_pose_ref_video"
+    _select(browser, "backend", "gaussian")
+    _start_and_wait_playing(browser)
+    rates = _measure_fps(browser, 5.0)
+    print("enrolled head output video:", json.dumps(rates))
+    assert rates.get("decoded_per_s", 0) >= 15.0, f"output video too slow: {rates}"
+    assert _text(browser, "error") == ""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser_e2e_gaussian_enrolled.png"))
 
 
 def test_server_refusal_is_shown(browser, server):

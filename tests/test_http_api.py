@@ -133,3 +133,24 @@ async def test_a_session_streams_stats_and_is_closed_by_delete(server_url: str) 
         async with http.get(f"{server_url}/healthz") as response:
             assert (await response.json())["sessions"] == 0
     await pc.close()
+
+
+async def test_an_upload_sent_in_pieces_is_read_whole(server_url: str) -> None:
+    """A browser sends a file in several pieces: the server reads to the end of the body."""
+    import asyncio
+
+    from stream_server.avatars import BUNDLED
+
+    image = BUNDLED["astronaut"].read_bytes()
+
+    async def pieces():
+        for start in range(0, len(image), 4096):
+            yield image[start:start + 4096]
+            await asyncio.sleep(0.001)  # each piece its own network write
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server_url}/avatars?name=pieces", data=pieces(),
+                             headers={"Content-Type": "image/jpeg"}) as response:
+            reply = await response.json()
+    assert response.status == 201, reply
+    assert reply["avatar"]["name"] == "pieces"
