@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
+import time
 
 import torch
 from torch import Tensor
 
 GSPLAT_VERSION = "1.5.3"
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,13 +35,20 @@ def gsplat_unavailable() -> str | None:
         return f"gsplat cannot be imported: {type(e).__name__}: {e}"
     if not torch.cuda.is_available():
         return "no CUDA device: gsplat has no CPU rasterizer (use raster_torch)"
+    log.warning("gsplat: loading its CUDA kernels; the first time on this machine they are compiled, "
+                "which takes several minutes (later starts reuse the build)")
+    started = time.monotonic()
     try:
         from gsplat.cuda._backend import _C
     except Exception as e:  # the JIT build failed (nvcc/CUDA/torch mismatch, ...)
-        return f"gsplat's CUDA extension failed to build or load: {type(e).__name__}: {e}"
-    if _C is None:
-        return "gsplat found no CUDA toolkit (nvcc) to build its CUDA extension"
-    return None
+        reason = f"gsplat's CUDA extension failed to build or load: {type(e).__name__}: {e}"
+    else:
+        reason = None if _C is not None else "gsplat found no CUDA toolkit (nvcc) to build its CUDA extension"
+    if reason is None:
+        log.warning("gsplat: CUDA kernels ready in %.0f s", time.monotonic() - started)
+    else:
+        log.warning("gsplat: %s; falling back to the project's torch rasteriser on the GPU", reason)
+    return reason
 
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
