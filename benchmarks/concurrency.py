@@ -9,7 +9,11 @@ a worst 1 s window >= 23 fps and a p95 server latency <= the backend's lookahead
 live latency target of the loopback benchmark; 160 ms for ``mesh``). The peers' own CPU (VP8
 decoding, Opus) is reported too: on a 2-core machine they compete with the server.
 
-    python -m benchmarks.concurrency [--backend mesh] [--sessions 1,2,4,8] [--seconds 30]
+    python -m benchmarks.concurrency [--backend mesh] [--sessions 1,2,4,8] [--seconds 30] [--workers 0,default]
+
+``--workers`` compares servers run with those ``--workers`` values side by side (each N with each
+setting in turn): ``0`` is the backend in the server's own process, ``default`` one worker
+process per core. The server's CPU, memory and threads include its worker processes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from benchmarks.report import LATENCY_MARGIN_MS
 from benchmarks.results_io import ROOT, save
 from benchmarks.stress import fps_windows
 from engines.media_io import load_audio
+from stream_server.process_pool import default_workers
 
 SPEECH = ROOT.parent / "shared" / "testdata" / "audio" / "musetalk_eng.wav"
 SKIP_S = 3.0
@@ -53,13 +58,18 @@ def session_latencies(trace: Path) -> dict[str, np.ndarray]:
     return {sid: np.array(rows) for sid, rows in by_session.items()}
 
 
-async def measure(backend: str, avatar: str, sessions: int, seconds: float, rule: dict[str, float]) -> dict[str, Any]:
+async def measure(backend: str, avatar: str, sessions: int, seconds: float, rule: dict[str, float],
+                  workers: str = "default") -> dict[str, Any]:
     speech = load_audio(SPEECH, 48000)
     trace = Path(tempfile.mkdtemp()) / "trace.jsonl"
     port = free_port()
-    server = start_server(port, ["--trace", str(trace), "--max-sessions", str(max(sessions, 4))])
+    extra = ["--trace", str(trace), "--max-sessions", str(max(sessions, 4))]
+    if workers != "default":
+        extra += ["--workers", workers]
+    server = start_server(port, extra)
     url = f"http://127.0.0.1:{port}"
-    server_usage, peer_usage = UsageSampler(server.pid), UsageSampler(os.getpid())
+    # the server's figures include its worker processes; the peers' are this process alone
+    server_usage, peer_usage = UsageSampler(server.pid), UsageSampler(os.getpid(), tree=False)
     samplers = [asyncio.create_task(server_usage.run()), asyncio.create_task(peer_usage.run())]
     ids: list[str] = []
     try:
@@ -91,6 +101,7 @@ async def measure(backend: str, avatar: str, sessions: int, seconds: float, rule
     )
     return {
         "sessions": sessions,
+        "workers": workers,
         "holds": holds,
         "fps_mean_min": min(s["fps_mean"] for s in per_session),
         "fps_worst_1s_min": min(s["fps_worst_1s"] for s in per_session),
@@ -107,23 +118,30 @@ def main() -> None:
     parser.add_argument("--avatar", default="astronaut")
     parser.add_argument("--sessions", default="1,2,4,8")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--workers", default="0,default",
+                        help="the servers' --workers, compared side by side for each N (default '0,default': "
+                             "the backend in the server's process, then the default worker processes)")
     args = parser.parse_args()
-    runs = []
+    settings = [w.strip() for w in args.workers.split(",") if w.strip()]
     rule = hold_rule(args.backend)
+    by_workers: dict[str, list[dict[str, Any]]] = {w: [] for w in settings}
     for n in (int(x) for x in args.sessions.split(",")):
-        print(f"{n} session(s) for {args.seconds:.0f} s ...", flush=True)
-        run = asyncio.run(measure(args.backend, args.avatar, n, args.seconds, rule))
-        runs.append(run)
-        print(f"  holds {run['holds']}: fps min {run['fps_mean_min']} (worst 1 s {run['fps_worst_1s_min']}), "
-              f"p95 latency max {run['latency_p95_ms_max']} ms, server {run['server']['cpu_cores_mean']} cores "
-              f"{run['server']['rss_mb_max']} MB, peers {run['peers']['cpu_cores_mean']} cores", flush=True)
-    held = [r["sessions"] for r in runs if r["holds"]]
+        for workers in settings:  # interleaved: both see the machine in the same state
+            print(f"{n} session(s), --workers {workers}, for {args.seconds:.0f} s ...", flush=True)
+            run = asyncio.run(measure(args.backend, args.avatar, n, args.seconds, rule, workers))
+            by_workers[workers].append(run)
+            print(f"  holds {run['holds']}: fps min {run['fps_mean_min']} (worst 1 s {run['fps_worst_1s_min']}), "
+                  f"p95 latency max {run['latency_p95_ms_max']} ms, server {run['server']['cpu_cores_mean']} cores "
+                  f"{run['server']['rss_mb_max']} MB, peers {run['peers']['cpu_cores_mean']} cores", flush=True)
+    largest = {w: max([r["sessions"] for r in runs if r["holds"]], default=0) for w, runs in by_workers.items()}
+    main_setting = settings[-1]
     result = {
         "benchmark": "concurrency", "backend": args.backend, "avatar": args.avatar, "seconds": args.seconds,
-        "hold_rule": rule, "largest_n_holding": max(held) if held else 0, "runs": runs,
+        "hold_rule": rule, "workers_default": default_workers(), "largest_n_holding": largest[main_setting],
+        "largest_n_holding_by_workers": largest, "runs": by_workers[main_setting], "runs_by_workers": by_workers,
     }
     out = save(f"concurrency_{args.backend}_{args.avatar}", result)
-    print(f"largest N holding: {result['largest_n_holding']}; wrote {out.relative_to(ROOT)}")
+    print(f"largest N holding: {largest}; wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

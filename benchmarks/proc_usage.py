@@ -24,24 +24,53 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (a server's worker processes)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [int(c) for c in open(f"/proc/{current}/task/{task}/children").read().split()]
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
+def _tree_sum(pid: int, measure) -> float:
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += measure(member)
+        except OSError:  # it ended meanwhile
+            continue
+    return total
+
+
 @dataclass
 class UsageSampler:
     """Samples a process every ``interval_s``: (seconds since start, CPU cores busy since the last
-    sample, RSS in MB, thread count)."""
+    sample, RSS in MB, thread count), its child processes included (``tree``, the default)."""
 
     pid: int
     interval_s: float = 1.0
+    tree: bool = True
     samples: list[tuple[float, float, float, int]] = field(default_factory=list)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         start = last_t = loop.time()
-        last_cpu = cpu_seconds(self.pid)
+        last_cpu = self._sum(cpu_seconds)
         while True:
             await asyncio.sleep(self.interval_s)
-            now, cpu = loop.time(), cpu_seconds(self.pid)
-            self.samples.append((round(now - start, 2), round((cpu - last_cpu) / (now - last_t), 3), round(rss_mb(self.pid), 1), threads(self.pid)))
+            now, cpu = loop.time(), self._sum(cpu_seconds)
+            self.samples.append((round(now - start, 2), round((cpu - last_cpu) / (now - last_t), 3),
+                                 round(self._sum(rss_mb), 1), int(self._sum(threads))))
             last_t, last_cpu = now, cpu
+
+    def _sum(self, measure) -> float:
+        return _tree_sum(self.pid, measure) if self.tree else measure(self.pid)
 
     def summary(self, skip_s: float = 0.0) -> dict[str, float]:
         steady = [s for s in self.samples if s[0] >= skip_s] or self.samples

@@ -243,6 +243,9 @@ class Backend(abc.ABC):
     quality_rank: ClassVar[int | None] = None
     export: ClassVar[BackendExport | None] = None  # its export command, if it has one
     enrol: ClassVar[BackendEnrol | None] = None  # how it enrols a person from a video, if it can
+    # a CPU backend whose work spreads over worker processes (its avatars pickle); a GPU
+    # backend stays in the server's process, where one model serves and batches every session
+    in_processes: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-sessions", type=int, default=None, help="sessions at once; beyond it new ones get 503 (default 4)")
     limits.add_argument("--max-viewers", type=int, default=None, help="WHEP viewers per channel; each costs one video encode (default 16)")
     limits.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="end a session after this many seconds without a packet from its peer (default 10)")
+    limits.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for a CPU backend (mesh), so that sessions use every core (default: one per core; 0: in the server's own process). GPU backends always run in the server's process")
     limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
     serve.add_argument("--channel", action="append", default=[], metavar="NAME", help="create a channel at start-up (WHIP in at /whip/NAME, WHEP out at /whep/NAME, viewer page /view/NAME) with the default backend and avatar (repeatable)")
     serve.add_argument("--recordings-dir", type=Path, default=None, metavar="DIR", help="where channel recordings go (default ./recordings)")
@@ -231,6 +232,7 @@ def serve(args: argparse.Namespace) -> int:
             "max_viewers": args.max_viewers,
             "idle_timeout_s": args.idle_timeout,
             "max_session_s": args.max_session_duration,
+            "workers": args.workers,
         }.items()
         if value is not None
     }

@@ -52,3 +52,10 @@ class Settings(BaseSettings):
     hang_timeout_s: float = Field(10.0, gt=0)
     failures_before_fallback: int = Field(3, ge=1)  # failed frames in a row that switch a session
     fallback_backends: list[str] = ["mesh", "passthrough"]  # tried in order; never the failing one
+    # worker processes for a CPU backend (None: one per core; 0: run it in the server's process)
+    workers: int | None = Field(None, ge=0, le=256)
+
+    def worker_processes(self) -> int:
+        from stream_server.process_pool import default_workers
+
+        return default_workers() if self.workers is None else self.workers

@@ -30,6 +30,7 @@ from stream_server.loop_lag import LoopLag
 from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.session import Replacement, Session, SessionLimits
 from stream_server.stages import TraceWriter
+from stream_server.process_pool import ProcessWorkers
 from stream_server.worker import BackendWorker
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Server:
         self.registry = registry or BackendRegistry(BUNDLED["astronaut"])
         self.sessions: dict[str, Session] = {}
         self._opening = 0  # offers being answered (counted against max_sessions)
-        self._workers: dict[str, BackendWorker] = {}
+        self._workers: dict[str, BackendWorker | ProcessWorkers] = {}  # per loaded backend
         self._prepared: collections.OrderedDict[tuple[str, str, int | None, int | None], Avatar] = collections.OrderedDict()
         self._load_lock = asyncio.Lock()
         self.trace = TraceWriter(settings.trace_file) if settings.trace_file else None
@@ -70,27 +71,38 @@ class Server:
         self.settings.backend = self.auto.backend
         log.info("backend auto: %s", self.auto.reason)
 
-    async def worker(self, backend: str) -> BackendWorker:
-        """The backend's shared worker, loading the backend on first use (off the loop)."""
+    async def _loaded(self, backend: str) -> BackendWorker | ProcessWorkers:
+        """The backend's worker (or worker processes), loading it on first use (off the loop).
+        A CPU backend runs in ``settings.workers`` child processes; 0 keeps it in this one."""
         async with self._load_lock:
             if backend not in self._workers:
                 loaded = await asyncio.to_thread(self.registry.get, backend)
-                self._workers[backend] = BackendWorker(loaded)
+                count = self.settings.worker_processes()
+                if count and loaded.in_processes:
+                    self._workers[backend] = await asyncio.to_thread(ProcessWorkers, loaded, count)
+                else:
+                    self._workers[backend] = BackendWorker(loaded)
             if self._watchdog is None or self._watchdog.done():
                 self._watchdog = asyncio.create_task(self._watch_workers(), name="backend-watchdog")
             return self._workers[backend]
+
+    async def worker(self, backend: str) -> BackendWorker:
+        """The worker a new session of ``backend`` is given (with worker processes: the least
+        loaded one, for the session's whole life)."""
+        entry = await self._loaded(backend)
+        return entry.pick() if isinstance(entry, ProcessWorkers) else entry
 
     async def prepared_avatar(self, options: SessionOptions) -> Avatar:
         key = (options.backend, options.avatar, options.width, options.height)
         if key in self._prepared:
             self._prepared.move_to_end(key)
         else:
-            worker = await self.worker(options.backend)
+            backend = (await self._loaded(options.backend)).backend
             image = self.avatars.image(options.avatar)
             if image is not None:  # the backend prepares the picture exactly as it will be sent
                 assert options.width is not None and options.height is not None
                 image = await asyncio.to_thread(fit_cover, image, options.width, options.height)
-            self._prepared[key] = await asyncio.to_thread(worker.backend.prepare_avatar, options.avatar, image)
+            self._prepared[key] = await asyncio.to_thread(backend.prepare_avatar, options.avatar, image)
             while len(self._prepared) > MAX_PREPARED:
                 self._prepared.popitem(last=False)
         return self._prepared[key]
@@ -118,8 +130,8 @@ class Server:
         self.check_capacity()
         self._opening += 1
         try:
-            worker = await self.worker(options.backend)
             avatar = await self.prepared_avatar(options)
+            worker = await self.worker(options.backend)  # after the avatar: a refusal takes no worker
             session = Session(
                 options,
                 worker.backend,
@@ -152,8 +164,8 @@ class Server:
                 continue
             moved = dataclasses.replace(options, backend=name)
             try:
-                worker = await self.worker(name)
                 avatar = await self.prepared_avatar(moved)
+                worker = await self.worker(name)
             except (AvatarError, RuntimeError) as exc:
                 log.warning("fallback %s cannot take over from %s: %s", name, failed, exc)
                 continue
@@ -172,7 +184,13 @@ class Server:
                 if worker.busy_s() == 0.0:  # the stuck call came back
                     del abandoned[name]
                     self.registry.clear_failure(name)
-            for name, worker in list(self._workers.items()):
+            for name, entry in list(self._workers.items()):
+                if isinstance(entry, ProcessWorkers):  # a dead or hung child is replaced
+                    for i, why in entry.give_up_failed(limit):
+                        log.error("backend %s: %s; its sessions fall back", name, why)
+                        asyncio.create_task(self._restart(name, entry, i), name=f"restart-{name}-{i}")
+                    continue
+                worker = entry
                 busy = worker.busy_s()
                 if busy > limit:
                     reason = f"generate() did not return within {limit:g} s"
@@ -182,6 +200,10 @@ class Server:
                         del self._prepared[key]
                     worker.abandon(f"backend {name} hung: {reason}")
                     abandoned[name] = worker
+
+    @staticmethod
+    async def _restart(name: str, workers: ProcessWorkers, i: int) -> None:
+        log.warning("backend %s: %s", name, await asyncio.to_thread(workers.restart, i))
 
     async def _forget_when_closed(self, session: Session) -> None:
         await session.closed.wait()
@@ -214,6 +236,6 @@ class Server:
         if self._watchdog is not None:
             self._watchdog.cancel()
         for worker in self._workers.values():
-            worker.stop()
+            await asyncio.to_thread(worker.stop)  # worker processes take a moment to end
         if self.trace is not None:
             self.trace.close()

@@ -71,6 +71,7 @@ class MeshBackend(Backend):
     context_s = _MODEL.context_s
     batch_size = 4
     quality_rank = 1  # a warped mouth: below a generated one (musetalk, 2)
+    in_processes = True  # numpy and OpenCV work per frame: spread over worker processes
     idle_motion = True  # blinks and a slight head sway on still portraits
 
     def __init__(self) -> None:
