@@ -24,6 +24,7 @@ import aiohttp
 
 from benchmarks.live import free_port, wait_listening
 from benchmarks.netshim import UdpRelay
+from benchmarks.proc_usage import process_tree
 from benchmarks.results_io import ROOT, save
 from benchmarks.synthetic_peer import Ending, run_peer
 
@@ -31,17 +32,30 @@ ENDINGS: tuple[Ending, ...] = ("delete", "close", "vanish")
 Probe = Callable[[], dict[str, float]]
 
 
-def proc_probe(pid: int) -> Probe:
-    """Threads, open file descriptors and resident memory of process ``pid``."""
+def proc_probe(pid: int, tree: bool = True) -> Probe:
+    """Threads, open file descriptors and resident memory of process ``pid`` and, with ``tree``,
+    the processes below it (a server's worker processes)."""
 
-    def probe() -> dict[str, float]:
-        status = Path(f"/proc/{pid}/status").read_text()
+    def one(member: int) -> dict[str, float]:
+        status = Path(f"/proc/{member}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         return {
             "threads": int(fields["Threads"].strip()),
-            "fds": len(os.listdir(f"/proc/{pid}/fd")),
-            "rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024.0, 1),
+            "fds": len(os.listdir(f"/proc/{member}/fd")),
+            "rss_mb": int(fields["VmRSS"].split()[0]) / 1024.0,
         }
+
+    def probe() -> dict[str, float]:
+        total = {"threads": 0, "fds": 0, "rss_mb": 0.0, "processes": 0}
+        for member in process_tree(pid) if tree else [pid]:
+            try:
+                for key, value in one(member).items():
+                    total[key] += value
+                total["processes"] += 1
+            except OSError:  # it ended meanwhile
+                continue
+        total["rss_mb"] = round(total["rss_mb"], 1)
+        return total
 
     return probe
 
@@ -104,12 +118,14 @@ async def churn(
 SERVER_LOG = Path("/tmp/lipsync-benchmark-server.log")
 
 
-def start_server(port: int, backend: str, idle_timeout_s: float, log_level: str = "WARNING") -> subprocess.Popen[bytes]:
+def start_server(port: int, backend: str, idle_timeout_s: float, log_level: str = "WARNING",
+                 workers: int | None = None) -> subprocess.Popen[bytes]:
     """The server in its own process, as users run it; its log goes to SERVER_LOG."""
+    extra = [] if workers is None else ["--workers", str(workers)]
     with SERVER_LOG.open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "stream_server", "--log-level", log_level, "serve", "--port", str(port),
-             "--backend", backend, "--idle-timeout", str(idle_timeout_s)],
+             "--backend", backend, "--idle-timeout", str(idle_timeout_s), *extra],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
     return wait_listening(server, port)
@@ -117,7 +133,7 @@ def start_server(port: int, backend: str, idle_timeout_s: float, log_level: str 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
-    server = start_server(port, args.backend, args.idle_timeout)
+    server = start_server(port, args.backend, args.idle_timeout, workers=args.workers)
     try:
         options = {"backend": args.backend, "avatar": args.avatar}
         result = await churn(f"http://127.0.0.1:{port}", args.cycles, args.seconds, options, proc_probe(server.pid), args.idle_timeout)
@@ -146,6 +162,7 @@ def main() -> None:
     parser.add_argument("--backend", default="passthrough")
     parser.add_argument("--avatar", default="camera")
     parser.add_argument("--idle-timeout", type=float, default=3.0, help="the server's --idle-timeout (finds vanished peers)")
+    parser.add_argument("--workers", type=int, default=None, help="the server's --workers (default: its own default, one per core)")
     parser.add_argument("--name", default=None, help="result file name (default churn_BACKEND)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

@@ -22,7 +22,7 @@ CYCLES = 9
 def in_process_probe() -> dict[str, float]:
     gc.collect()
     return {
-        **proc_probe(os.getpid())(),
+        **proc_probe(os.getpid(), tree=False)(),
         "tasks": len(asyncio.all_tasks()),
         "sessions_alive": sum(type(o) is Session for o in gc.get_objects()),  # type(): no weakproxy deref
     }
