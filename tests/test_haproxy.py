@@ -189,6 +189,8 @@ async def test_two_servers_behind_haproxy(cluster: Cluster) -> None:
                 refusal = await response.json()
                 assert response.status == 503 and response.headers["Retry-After"] == "30", refusal
                 assert refusal["error"].startswith("the server is full"), refusal
+            async with http.get(f"{url}/") as response:  # a full cluster still serves the page, to show that
+                assert response.status == 200 and "<video" in await response.text()
             for name, port in cluster.ports.items():
                 async with http.get(f"http://127.0.0.1:{port}/healthz?ready=1") as response:
                     health = await response.json()
