@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that are missing: for `serve`, the libraries OpenCV (needed by
-# MediaPipe) loads; for `test`, also a real browser and its driver for the browser tests.
+# MediaPipe) loads; for `test`, also a real browser and its driver for the browser tests, and
+# HAProxy for tests/test_haproxy.py.
 set -euo pipefail
 missing=()
 ldconfig -p | grep -q "libGL.so.1 " || missing+=(libgl1)
@@ -8,6 +9,7 @@ ldconfig -p | grep -q "libglib-2.0.so.0 " || missing+=(libglib2.0-0)
 if [ "${1:-test}" = test ]; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${missing[*]}"

@@ -135,10 +135,17 @@ async def config(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness and load, for probes and load balancers (answered without the token). With
+    ``?ready=1`` a server with no free session slot answers 503: a balancer's health check
+    then stops sending it new sessions, while its sessions' follow-ups still reach it."""
     server: Server = request.app[SERVER]
+    free = server.free_slots()
+    full = request.query.get("ready") == "1" and free == 0
     return web.json_response(
-        {"status": "ok", "sessions": len(server.sessions), "max_sessions": server.settings.max_sessions,
-         "loop_lag_ms": round(server.loop_lag.worst_s() * 1000, 1)}
+        {"status": "full" if full else "ok", "instance": server.settings.instance,
+         "sessions": len(server.sessions), "max_sessions": server.settings.max_sessions, "free": free,
+         "loop_lag_ms": round(server.loop_lag.worst_s() * 1000, 1)},
+        status=503 if full else 200,
     )
 
 

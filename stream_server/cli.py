@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for a CPU backend (mesh), so that sessions use every core (default: one per core; 0: in the server's own process). GPU backends always run in the server's process")
     limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
     serve.add_argument("--channel", action="append", default=[], metavar="NAME", help="create a channel at start-up (WHIP in at /whip/NAME, WHEP out at /whep/NAME, viewer page /view/NAME) with the default backend and avatar (repeatable)")
+    serve.add_argument("--instance", default=None, metavar="NAME", help="this server's name behind a load balancer (letters, digits, _): its session and WHIP/WHEP ids start with NAME- so follow-up requests can be routed to it (README: Scaling out)")
     serve.add_argument("--recordings-dir", type=Path, default=None, metavar="DIR", help="where channel recordings go (default ./recordings)")
     serve.add_argument("--trace", type=Path, default=None, metavar="FILE", help="append one JSON line per output frame (latency and per-stage timings) to FILE")
 
@@ -225,6 +226,7 @@ def serve(args: argparse.Namespace) -> int:
             "fps": args.fps,
             "trace_file": args.trace,
             "recordings_dir": args.recordings_dir,
+            "instance": args.instance,
             "token": args.token,
             "tls_cert": args.tls_cert,
             "tls_key": args.tls_key,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engines.registry import DEFAULT_BACKEND
+from stream_server.ids import check_instance
 
 FPS_CHOICES = (15, 20, 25, 30)
 
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     recordings_dir: Path = Path("recordings")  # where channel recordings are written
     avatars_dir: Path = Path("avatars")  # enrolled heads (LIPSYNC_AVATARS_DIR; engines.base.avatars_dir)
     max_viewers: int = Field(16, ge=1)  # WHEP viewers per channel (each costs one video encode)
+    # this server's name in a cluster: its session and resource ids start with "NAME-" so that a
+    # load balancer sends each follow-up request to its owner (stream_server/ids.py)
+    instance: str = ""
 
     # -- access ----------------------------------------------------------------------------
     token: str = ""  # when set, every API and WebSocket call must carry it (LIPSYNC_TOKEN)
@@ -59,3 +63,8 @@ class Settings(BaseSettings):
         from stream_server.process_pool import default_workers
 
         return default_workers() if self.workers is None else self.workers
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_name(cls, name: str) -> str:
+        return check_instance(name)

@@ -116,9 +116,13 @@ class Server:
         for key in [key for key in self._prepared if key[1] == name]:
             del self._prepared[key]
 
+    def free_slots(self) -> int:
+        """Sessions that may still open here (offers being answered count as open)."""
+        return max(0, self.settings.max_sessions - len(self.sessions) - self._opening)
+
     def check_capacity(self) -> None:
         limit = self.settings.max_sessions
-        if len(self.sessions) + self._opening >= limit:
+        if self.free_slots() == 0:
             raise CapacityError(
                 f"the server is full: it runs at most {limit} session{'s' if limit != 1 else ''} at once; "
                 f"try again in about {self.settings.retry_after_s} s"
@@ -143,6 +147,7 @@ class Server:
                 limits=self.limits,
                 fallback=self.fallback_for,
                 trace=self.trace,
+                instance=self.settings.instance,
             )
             try:
                 answer = await session.accept(sdp, kind, send_back)

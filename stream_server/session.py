@@ -12,7 +12,6 @@ import asyncio
 import collections
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
@@ -21,6 +20,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from engines.base import Avatar, Backend, Expression
 from stream_server.camera_in import taken_at
+from stream_server.ids import new_id
 from stream_server.ledger import FrameLedger
 from stream_server.liveness import PacketListener
 from stream_server.options import EXPRESSION_NAMES, OptionError, SessionOptions, expression_options
@@ -67,8 +67,9 @@ class Session:
         trace: TraceWriter | None = None,
         limits: SessionLimits | None = None,
         fallback: FallbackProvider | None = None,
+        instance: str = "",
     ) -> None:
-        self.id = uuid.uuid4().hex[:12]
+        self.id = new_id(instance)  # "s1-3fa9c2d1e0b4" on the server named s1 (ids.py)
         self.options = options
         self.limits = limits or SessionLimits()
         size = None if options.width is None else (options.width, options.height)

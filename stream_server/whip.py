@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from stream_server.channels import Channel, ChannelTrack
 from stream_server.http_errors import ApiError, error_response
 from stream_server.hub import SERVER, Server
+from stream_server.ids import new_id
 from stream_server.opening import open_or_refuse
 from stream_server.options import OptionError
 from stream_server.recording import Recorder
@@ -77,7 +77,7 @@ async def whip_post(request: web.Request) -> web.Response:
     if channel.producer is not None:  # another producer won the race while this one was answered
         await session.close("the channel got another producer first")
         return error_response(409, f"channel {channel.name!r} already has a producer")
-    resource = uuid.uuid4().hex[:12]
+    resource = new_id(_server(request).settings.instance)
     channel.attach(session, resource)
     asyncio.create_task(_detach_when_closed(channel, session))
     log.info("channel %s: producer %s connected (session %s)", channel.name, resource, session.id)
@@ -113,7 +113,7 @@ async def whep_post(request: web.Request) -> web.Response:
                       headers={"Retry-After": str(server.settings.retry_after_s)})
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in server.settings.ice_servers]))
     subscriber = channel.subscribe()
-    resource = uuid.uuid4().hex[:12]
+    resource = new_id(_server(request).settings.instance)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         kinds = {t.kind for t in pc.getTransceivers()}

@@ -37,8 +37,17 @@ async def test_beyond_max_sessions_an_offer_gets_503_with_retry_after(start_serv
         body = {"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}
         async with http.post(f"{live.url}/offer", json=body) as response:
             assert response.status == 503 and response.headers["Retry-After"] == "7"
+        # a balancer's readiness probe sees the server full; its liveness probe still passes
+        async with http.get(f"{live.url}/healthz?ready=1") as response:
+            assert response.status == 503 and (await response.json())["status"] == "full"
+        async with http.get(f"{live.url}/healthz") as response:
+            health = await response.json()
+            assert response.status == 200 and (health["status"], health["sessions"], health["free"]) == ("ok", 1, 0)
     await task
     await wait_until_closed(live, first.session_id, 5)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{live.url}/healthz?ready=1") as response:
+            assert response.status == 200 and (await response.json())["free"] == 1
     again = await run_peer(live.url, 0.5, PASSTHROUGH)  # room again once it ended
     assert again.status == 200
 

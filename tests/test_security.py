@@ -71,7 +71,7 @@ async def test_the_health_probe_answers_without_the_token_and_tells_only_livenes
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{live.url}/healthz") as response:
             assert response.status == 200
-            assert set(await response.json()) == {"status", "sessions", "max_sessions", "loop_lag_ms"}
+            assert set(await response.json()) == {"status", "instance", "sessions", "max_sessions", "free", "loop_lag_ms"}
         async with http.head(f"{live.url}/healthz") as response:
             assert response.status == 200
         for method, path, body in API_CALLS:
