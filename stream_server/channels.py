@@ -3,7 +3,8 @@
 The producer is an ordinary session whose output is not sent back to its own peer (a WHIP
 client such as OBS, or the page). A relay task per output track pulls each frame from the
 session as its deadline comes (so the session runs whether anyone watches or not) and hands the
-same frame to every subscriber: each WHEP viewer's sender, and the recorder. The backend runs
+same frame to every subscriber: each WHEP viewer's sender, the egress (a WHIP publication to an
+SFU, ``egress.py``) and the recorder. The backend runs
 once per channel whatever the number of viewers. aiortc encodes per sender, so each viewer costs
 one VP8 (or H.264) and one Opus encode.
 
@@ -20,7 +21,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 import numpy as np
@@ -70,12 +71,14 @@ class ChannelTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self._queue = subscriber.queues[kind]
+        self.sent = 0  # frames handed to this sender's encoder
 
     async def recv(self) -> av.VideoFrame | av.AudioFrame:
         frame = await self._queue.get()
         if frame is None or self.readyState != "live":
             self.stop()
             raise MediaStreamError
+        self.sent += 1
         return frame
 
 
@@ -125,6 +128,17 @@ class ChannelTimeline:
         self._end = max(self._end, placed + duration)
 
 
+class Publication(Protocol):
+    """Where the channel is published (``egress.Egress``, a WHIP client); named here by what the
+    channel needs of it, so that this module does not import the egress that imports it."""
+
+    url: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Channel:
     name: str
@@ -134,6 +148,7 @@ class Channel:
     subscribers: set[Subscriber] = field(default_factory=set)
     viewers: dict[str, tuple[Any, Subscriber]] = field(default_factory=dict)  # WHEP resource -> (peer, queues)
     recorder: Recorder | None = None
+    egress: Publication | None = None  # the channel published to a WHIP endpoint (an SFU)
     speech: SpeechDetector = field(default_factory=SpeechDetector)
     listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
     created: float = field(default_factory=time.time)
@@ -215,9 +230,15 @@ class Channel:
             "viewers": len(self.viewers),
             "speaking": self.speech.speaking,
             "recording": self.recorder.path.name if self.recorder else None,
+            # outbound streams encoded from this channel: one per WHEP viewer, one for the egress
+            "encoders": len(self.subscribers),
+            "egress": self.egress.describe() if self.egress else None,
         }
 
     async def close(self, reason: str) -> None:
+        if self.egress is not None:
+            await self.egress.stop()  # DELETEs its resource at the endpoint
+            self.egress = None
         if self.recorder is not None:
             await self.recorder.stop()
             self.recorder = None

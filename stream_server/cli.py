@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
     serve.add_argument("--channel", action="append", default=[], metavar="NAME", help="create a channel at start-up (WHIP in at /whip/NAME, WHEP out at /whep/NAME, viewer page /view/NAME) with the default backend and avatar (repeatable)")
     serve.add_argument("--instance", default=None, metavar="NAME", help="this server's name behind a load balancer (letters, digits, _): its session and WHIP/WHEP ids start with NAME- so follow-up requests can be routed to it (README: Scaling out)")
+    serve.add_argument("--egress-whip", default=None, metavar="URL", help="publish the --channel to this WHIP endpoint (an SFU: Janus, LiveKit Ingress, MediaMTX...), reconnecting until the server stops; needs exactly one --channel (others: POST /channels/NAME/egress)")
+    serve.add_argument("--egress-token", default=None, metavar="TOKEN", help="the bearer token of --egress-whip, if it needs one")
     serve.add_argument("--recordings-dir", type=Path, default=None, metavar="DIR", help="where channel recordings go (default ./recordings)")
     serve.add_argument("--trace", type=Path, default=None, metavar="FILE", help="append one JSON line per output frame (latency and per-stage timings) to FILE")
 
@@ -232,6 +234,8 @@ def serve(args: argparse.Namespace) -> int:
             "tls_key": args.tls_key,
             "max_sessions": args.max_sessions,
             "max_viewers": args.max_viewers,
+            "egress_whip": args.egress_whip,
+            "egress_token": args.egress_token,
             "idle_timeout_s": args.idle_timeout,
             "max_session_s": args.max_session_duration,
             "workers": args.workers,
@@ -250,6 +254,10 @@ def serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    problem = egress_problem(settings)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from stream_server.options import OptionError
     from stream_server.security import ExposureError, start_up_notes
@@ -277,6 +285,23 @@ def serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def egress_problem(settings: "Settings") -> str | None:  # type: ignore[name-defined]  # noqa: F821
+    """What is wrong with --egress-whip, if anything: it publishes exactly one channel (a WHIP
+    endpoint takes one publisher; publish others with POST /channels/NAME/egress)."""
+    from stream_server.egress import check_url
+
+    if not settings.egress_whip:
+        return "--egress-token needs --egress-whip" if settings.egress_token else None
+    if len(settings.channels) != 1:
+        return (f"--egress-whip publishes one channel: give exactly one --channel (got {len(settings.channels)}); "
+                "publish others with POST /channels/NAME/egress")
+    try:
+        check_url(settings.egress_whip)
+    except ValueError as exc:
+        return f"--egress-whip: {exc}"
+    return None
 
 
 def ice_server(url: str, username: str | None, credential: str | None) -> dict[str, str]:

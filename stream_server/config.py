@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     channels: list[str] = []  # channels created at start-up (WHIP in, WHEP out), with the defaults above
     recordings_dir: Path = Path("recordings")  # where channel recordings are written
     avatars_dir: Path = Path("avatars")  # enrolled heads (LIPSYNC_AVATARS_DIR; engines.base.avatars_dir)
+    egress_whip: str = ""  # publish the one start-up channel to this WHIP endpoint (an SFU)
+    egress_token: str = ""  # its bearer token, if it needs one
     max_viewers: int = Field(16, ge=1)  # WHEP viewers per channel (each costs one video encode)
     # this server's name in a cluster: its session and resource ids start with "NAME-" so that a
     # load balancer sends each follow-up request to its owner (stream_server/ids.py)

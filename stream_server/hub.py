@@ -25,6 +25,7 @@ from stream_server import metrics
 from stream_server.avatars import BUNDLED, AvatarLibrary
 from stream_server.channels import CHANNEL_NAME, Channel
 from stream_server.config import Settings
+from stream_server.egress import Egress
 from stream_server.enrolments import Enrolments
 from stream_server.loop_lag import LoopLag
 from stream_server.options import OptionError, SessionOptions, parse_options
@@ -230,8 +231,20 @@ class Server:
         if channel is not None:
             await channel.close("the channel was deleted")
 
+    def start_egress(self, channel: Channel, url: object, token: str | None = None) -> Egress:
+        """Publish ``channel`` to a WHIP endpoint (reconnecting until stopped); ValueError for a bad URL."""
+        assert channel.egress is None, "one egress per channel"
+        egress = Egress(channel, url, token, self.settings.ice_servers)  # type: ignore[arg-type]  # checked there
+        channel.egress = egress
+        egress.start()
+        return egress
+
     def start_background(self) -> None:
         self._loop_lag_task = asyncio.create_task(self.loop_lag.run(), name="loop-lag")
+        if self.settings.egress_whip:  # serve --channel NAME --egress-whip URL
+            channel = self.channels[self.settings.channels[0]]
+            self.start_egress(channel, self.settings.egress_whip, self.settings.egress_token or None)
+            log.info("channel %s: publishing to %s", channel.name, self.settings.egress_whip)
 
     async def shutdown(self) -> None:
         if self._loop_lag_task is not None:

@@ -205,6 +205,47 @@ async def stop_recording(request: web.Request) -> web.Response:
     return web.json_response({"recording": False, "file": str(recorder.path), "seconds": round(seconds, 1), "frames_lost": recorder.dropped})
 
 
+# -- egress: the channel published to a WHIP endpoint (an SFU) -----------------------------------
+EGRESS_BODY = '{"url": "https://sfu.example/whip/NAME", "token": "bearer token, if the endpoint needs one"}'
+
+
+async def start_egress(request: web.Request) -> web.Response:
+    channel = _channel(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return error_response(400, f"the body must be JSON: {EGRESS_BODY}")
+    if not isinstance(body, dict) or "url" not in body:
+        return error_response(400, f"give the WHIP endpoint's URL: {EGRESS_BODY}")
+    token = body.get("token")
+    if token is not None and not isinstance(token, str):
+        return error_response(400, '"token" must be a string (the bearer token), or left out')
+    if channel.egress is not None:
+        return error_response(409, f"channel {channel.name!r} already publishes to {channel.egress.url}; "
+                                   f"DELETE /channels/{channel.name}/egress first")
+    try:
+        egress = _server(request).start_egress(channel, body["url"], token)
+    except ValueError as exc:
+        return error_response(400, str(exc))
+    return web.json_response(egress.describe(), status=201, headers={"Location": f"/channels/{channel.name}/egress"})
+
+
+async def get_egress(request: web.Request) -> web.Response:
+    channel = _channel(request)
+    if channel.egress is None:
+        return error_response(404, f"channel {channel.name!r} is not published anywhere: POST /channels/{channel.name}/egress {EGRESS_BODY}")
+    return web.json_response(channel.egress.describe())
+
+
+async def stop_egress(request: web.Request) -> web.Response:
+    channel = _channel(request)
+    egress, channel.egress = channel.egress, None
+    if egress is None:
+        return error_response(404, f"channel {channel.name!r} is not published anywhere")
+    await egress.stop()
+    return web.json_response(egress.describe())
+
+
 async def channel_events(request: web.Request) -> web.StreamResponse:
     channel = _channel(request)
     socket = web.WebSocketResponse(heartbeat=20)
@@ -250,5 +291,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/channels/{channel}", delete_channel)
     app.router.add_post("/channels/{channel}/recording", start_recording)
     app.router.add_delete("/channels/{channel}/recording", stop_recording)
+    app.router.add_post("/channels/{channel}/egress", start_egress)
+    app.router.add_get("/channels/{channel}/egress", get_egress)
+    app.router.add_delete("/channels/{channel}/egress", stop_egress)
     app.router.add_get("/ws/channels/{channel}", channel_events)
     app.router.add_get("/view/{channel}", view_page)

@@ -532,3 +532,37 @@ def test_viewer_page_plays_a_whip_channel(browser, server):
         stop.set()
         producer.join(timeout=15)
     assert not failure, f"the WHIP producer failed: {failure[0]!r}"
+
+
+def test_the_channels_panel_publishes_a_channel_to_an_sfu_and_stops(browser, server):
+    """The Channels panel: a WHIP URL and token typed in a channel's row, Publish; the row shows
+    the egress's state (here retrying, with why: nothing listens at that address), Stop ends it."""
+    import json
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    request = urllib.request.Request(f"{server.url}/channels", data=json.dumps({"name": "sfu"}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    assert urllib.request.urlopen(request, timeout=10).status == 201
+    try:
+        _open_page(browser, server)
+        row = "//table[@id='channels']//tr[td[1]='sfu']"
+        WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.XPATH, f"{row}//input[@data-act='egress-url']"),
+                                         message="no WHIP URL field in the channel's row")
+        browser.find_element(By.XPATH, f"{row}//input[@data-act='egress-url']").send_keys("http://127.0.0.1:9/whip/sfu")
+        browser.find_element(By.XPATH, f"{row}//input[@data-act='egress-token']").send_keys("secret")
+        browser.find_element(By.XPATH, f"{row}//button[@data-act='egress-start']").click()
+        # read in one script: the rows are redrawn on every channel event
+        shown = "return [...document.querySelectorAll('#channels .egress-state')].map(e => e.textContent).join(' ')"
+        WebDriverWait(browser, 20).until(lambda d: "retrying: cannot reach" in d.execute_script(shown),
+                                         message="the row never showed the egress retrying and why")
+        with urllib.request.urlopen(f"{server.url}/channels/sfu/egress", timeout=10) as response:
+            state = json.load(response)
+        assert state["url"] == "http://127.0.0.1:9/whip/sfu" and state["token"] is True, state
+        browser.execute_script("document.querySelector('#channels [data-act=egress-stop]').click()")  # found and clicked at once
+        WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.XPATH, f"{row}//button[@data-act='egress-start']"),
+                                         message="Stop did not bring the Publish button back")
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{server.url}/channels/sfu", method="DELETE"), timeout=10)
