@@ -27,10 +27,10 @@ from engines.media_io import video_fps
 CLIP = ROOT.parent / "shared" / "testdata" / "video" / "pcavs_vox2_00086.mp4"
 
 
-async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
+async def measure(backend: str, seconds: float, avatar: str, workers: int | None = None) -> dict[str, Any]:
     clip = loop_clip(CLIP, seconds + 2.0, Path(tempfile.mkdtemp()))
     port = free_port()
-    server = start_server(port)
+    server = start_server(port, [] if workers is None else ["--workers", str(workers)])
     url = f"http://127.0.0.1:{port}"
     options: dict[str, Any] = {"backend": backend, "avatar": avatar, "fps": 25}
     if avatar == "camera":
@@ -48,6 +48,7 @@ async def measure(backend: str, seconds: float, avatar: str) -> dict[str, Any]:
     return {
         "backend": backend,
         "avatar": avatar,
+        "workers": "default" if workers is None else workers,
         "seconds": seconds,
         "fps_received": round(output_fps(received), 2),
         "server_fps_out": final["fps_out"],
@@ -71,11 +72,13 @@ def main() -> None:
     parser.add_argument("--backend", default="passthrough")
     parser.add_argument("--avatar", default="camera", help="camera (the clip's video) or astronaut")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--workers", type=int, default=None, help="the server's --workers (default: its default)")
+    parser.add_argument("--name", default=None, help="result file name (default loopback_BACKEND_AVATAR)")
     args = parser.parse_args()
     if not CLIP.exists():
         raise SystemExit(f"missing test clip {CLIP} (../shared/testdata beside the checkout)")
-    result = {"benchmark": "loopback_session", **asyncio.run(measure(args.backend, args.seconds, args.avatar))}
-    out = save(f"loopback_{args.backend}_{args.avatar}", result)
+    result = {"benchmark": "loopback_session", **asyncio.run(measure(args.backend, args.seconds, args.avatar, args.workers))}
+    out = save(args.name or f"loopback_{args.backend}_{args.avatar}", result)
     print(json.dumps(result, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 

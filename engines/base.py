@@ -16,6 +16,7 @@ command (:class:`BackendExport`) that turns published weights into what it runs.
 from __future__ import annotations
 
 import abc
+import collections
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,28 @@ class Backend(abc.ABC):
     def stream_stats(self, stream_id: str) -> dict[str, int]:
         """Backend-specific counts for a stream, shown with the session's stats."""
         return {}
+
+
+class ClosedStreams:
+    """The streams a backend was told to close (the most recent ``remember`` of them).
+
+    A session can end while a job of its stream is still queued or running; that job reaches
+    ``generate`` after ``close_stream``. A backend that made the stream's state again for it
+    would keep it for good (a face tracker and its threads: the churn benchmark saw two threads
+    and ~7 MB more per ended camera session), so it asks here first and, for a closed stream,
+    returns the base frame as it is (nobody receives it)."""
+
+    def __init__(self, remember: int = 4096) -> None:
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._remember = remember
+
+    def add(self, stream_id: str) -> None:
+        self._ids[stream_id] = None
+        while len(self._ids) > self._remember:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._ids
 
 
 def describe(cls: type[Backend], reason: str | None, typical_fps: float | None = None) -> BackendInfo:

@@ -158,11 +158,12 @@ def measure_fps(backend: Backend, portrait: Path, size: tuple[int, int] = (512, 
     )
     # a slightly different frame each time, as a camera gives, so no per-frame cache helps
     bases = [cv2.add(face, np.full_like(face, i % 2)) for i in range(frames + 1)]
-    jobs = [FrameJob("calibration", i, i / 25.0, window, bases[i], avatar) for i in range(frames + 1)]
+    stream = f"calibration-{time.monotonic_ns()}"  # a closed stream's id is never served again
+    jobs = [FrameJob(stream, i, i / 25.0, window, bases[i], avatar) for i in range(frames + 1)]
     backend.generate(jobs[:1])  # warm-up
     started = time.perf_counter()
     for start in range(1, frames + 1, backend.batch_size):
         backend.generate(jobs[start : start + backend.batch_size])
     elapsed = max(time.perf_counter() - started, 1e-6)
-    backend.close_stream("calibration")
+    backend.close_stream(stream)
     return round(frames / elapsed, 1)

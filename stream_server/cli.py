@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-sessions", type=int, default=None, help="sessions at once; beyond it new ones get 503 (default 4)")
     limits.add_argument("--max-viewers", type=int, default=None, help="WHEP viewers per channel; each costs one video encode (default 16)")
     limits.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="end a session after this many seconds without a packet from its peer (default 10)")
-    limits.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for a CPU backend (mesh), so that sessions use every core (default: one per core; 0: in the server's own process). GPU backends always run in the server's process")
+    limits.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for a CPU backend, so that sessions use every core (default: one per core; 0: in the server's own process). GPU backends always run in the server's process")
     limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
     serve.add_argument("--channel", action="append", default=[], metavar="NAME", help="create a channel at start-up (WHIP in at /whip/NAME, WHEP out at /whep/NAME, viewer page /view/NAME) with the default backend and avatar (repeatable)")
     serve.add_argument("--instance", default=None, metavar="NAME", help="this server's name behind a load balancer (letters, digits, _): its session and WHIP/WHEP ids start with NAME- so follow-up requests can be routed to it (README: Scaling out)")

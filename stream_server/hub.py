@@ -80,7 +80,8 @@ class Server:
                 loaded = await asyncio.to_thread(self.registry.get, backend)
                 count = self.settings.worker_processes()
                 if count and loaded.in_processes:
-                    self._workers[backend] = await asyncio.to_thread(ProcessWorkers, loaded, count)
+                    self._workers[backend] = await asyncio.to_thread(
+                        ProcessWorkers, loaded, count, self.registry.calibration_portrait)
                 else:
                     self._workers[backend] = BackendWorker(loaded)
             if self._watchdog is None or self._watchdog.done():

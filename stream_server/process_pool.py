@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 import weakref
+from pathlib import Path
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Sequence
@@ -170,17 +171,21 @@ class _ChildState:
         return {"places": places, "stats": stats}
 
 
-def _child_main(backend_name: str, calls: Connection, control: Connection) -> None:
-    """A worker process: load the backend, then answer generate calls until told to stop."""
+def _child_main(backend_name: str, calls: Connection, control: Connection, warm_up: Path | None) -> None:
+    """A worker process: load the backend (and warm it up on ``warm_up``, a portrait file, as
+    the server's own instance was when it was measured), then answer generate calls until told
+    to stop."""
     import cv2
 
-    from engines.registry import backend_class
+    from engines.registry import backend_class, measure_fps
 
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
 
     try:
         backend = backend_class(backend_name)()
         backend.load()
+        if warm_up is not None:  # a cold child dropped its first session's first 1.5 s of frames
+            measure_fps(backend, warm_up, frames=2)
     except Exception as exc:  # noqa: BLE001 - told to the server, which says it to the user
         calls.send({"error": f"{type(exc).__name__}: {exc}"})
         return
@@ -211,7 +216,7 @@ class RemoteBackend:
     asks of a backend (its name, lookahead, preparing an avatar) is answered by the server's own
     loaded instance (``local``), which never generates."""
 
-    def __init__(self, local: Backend, index: int) -> None:
+    def __init__(self, local: Backend, index: int, warm_up: Path | None = None) -> None:
         self.local = local
         self.index = index
         self.sessions = 0  # sessions given to this child and not yet closed
@@ -221,7 +226,7 @@ class RemoteBackend:
         context = multiprocessing.get_context("spawn")  # the server has threads: never fork it
         self._calls, child_calls = context.Pipe()
         child_control, self._control = context.Pipe(duplex=False)
-        self.process = context.Process(target=_child_main, args=(local.name, child_calls, child_control),
+        self.process = context.Process(target=_child_main, args=(local.name, child_calls, child_control, warm_up),
                                        name=f"backend-{local.name}-{index}", daemon=True)
         with _ONE_THREAD_ENV:  # numpy's BLAS reads these when the child imports it
             self.process.start()
@@ -341,9 +346,10 @@ class RemoteBackend:
 class ProcessWorkers:
     """``count`` child processes running one backend, each behind its own worker thread."""
 
-    def __init__(self, local: Backend, count: int) -> None:
+    def __init__(self, local: Backend, count: int, warm_up: Path | None = None) -> None:
         self.local = local
         self.count = count
+        self.warm_up = warm_up
         self.members: list[BackendWorker] = []
         self._lock = threading.Lock()
         self._down: set[int] = set()  # members given up and not yet restarted
@@ -363,7 +369,7 @@ class ProcessWorkers:
 
     def _spawn(self) -> RemoteBackend:
         self._next_index += 1
-        return RemoteBackend(self.local, self._next_index)
+        return RemoteBackend(self.local, self._next_index, self.warm_up)
 
     @property
     def backend(self) -> Backend:

@@ -87,6 +87,18 @@ def test_camera_mode_moves_the_mouth_of_a_live_face(backend: MeshBackend) -> Non
     backend.close_stream("cam")
 
 
+def test_a_job_that_comes_after_its_stream_closed_leaves_nothing_behind(backend: MeshBackend) -> None:
+    """A session can end while one of its jobs waits: that job must not start a new tracker."""
+    clip = shared_media("video", "vretalking_face_2.mp4")
+    frame = fit_cover(next(iter(video_frames(clip)))[1], 256, 256)
+    camera = backend.prepare_avatar("camera", None)
+    backend.generate([FrameJob("late", 0, 0.0, silent_window(backend), frame, camera)])
+    assert backend._streams["late"].tracker is not None
+    backend.close_stream("late")
+    out = backend.generate([FrameJob("late", 1, 0.04, silent_window(backend), frame, camera)])
+    assert out[0] is frame and "late" not in backend._streams  # as it came; no state made again
+
+
 async def test_the_api_refuses_a_faceless_avatar_with_a_clear_422(no_face: Path) -> None:
     app = create_app(Settings(port=0, avatar_files=[no_face]))
     runner = web.AppRunner(app, access_log=None)

@@ -10,14 +10,15 @@ unchanged, counted in ``face_lost``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from engines.audio2mouth.model import AudioToMouth
-from engines.base import Avatar, AvatarError, Backend, BackendError, FrameJob
+from engines.base import Avatar, AvatarError, Backend, BackendError, ClosedStreams, FrameJob
 from engines.face import FaceLandmarker, face_scale, portrait_face
 from engines.mesh.calibrate import OpeningMap, calibrate
 from engines.mesh.idle import IdleMotion
@@ -62,6 +63,7 @@ class _Stream:
     tracker: FaceLandmarker | None = None
     face_lost: int = 0
     last_camera: tuple[np.ndarray, PreparedFace | None] | None = None  # (frame, its face)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the tracker: used by one thread at a time
 
 
 class MeshBackend(Backend):
@@ -77,6 +79,8 @@ class MeshBackend(Backend):
     def __init__(self) -> None:
         self._model = mouth_model()
         self._streams: dict[str, _Stream] = {}
+        self._closed = ClosedStreams()
+        self._streams_lock = threading.Lock()  # close_stream comes from another thread
 
     def prepare_avatar(self, name: str, image: np.ndarray | None) -> Avatar:
         if image is None:
@@ -98,6 +102,9 @@ class MeshBackend(Backend):
         frames = []
         for job, raw in zip(jobs, predicted):
             stream = self._stream(job)
+            if stream is None:  # its session ended while this job waited
+                frames.append(job.base_frame)
+                continue
             # no smoothing here: the model's overlapping windows already make its output smooth,
             # and smoothing its output would add lag (measured: mean r 0.145 without, 0.127 with
             # an exponential average of weight 0.65)
@@ -119,29 +126,37 @@ class MeshBackend(Backend):
                 frames.append(render_mouth(face, params, blink, (dx * scale, dy * scale, roll)))
         return frames
 
-    def _stream(self, job: FrameJob) -> _Stream:
-        if job.stream_id not in self._streams:
-            seed = sum(job.stream_id.encode())  # different sessions blink at different times
-            self._streams[job.stream_id] = _Stream(idle=IdleMotion(seed=seed, fps=25.0))
-        return self._streams[job.stream_id]
+    def _stream(self, job: FrameJob) -> _Stream | None:
+        """The job's stream state, made on its first frame; None once the stream is closed."""
+        with self._streams_lock:
+            if job.stream_id in self._closed:
+                return None
+            if job.stream_id not in self._streams:
+                seed = sum(job.stream_id.encode())  # different sessions blink at different times
+                self._streams[job.stream_id] = _Stream(idle=IdleMotion(seed=seed, fps=25.0))
+            return self._streams[job.stream_id]
 
     @staticmethod
     def _track(stream: _Stream, frame: np.ndarray) -> PreparedFace | None:
         """The face in a camera frame (tracked from the stream's previous frames)."""
         if stream.last_camera is not None and stream.last_camera[0] is frame:
             return stream.last_camera[1]  # the same camera frame again (camera slower than output)
-        if stream.tracker is None:
-            stream.tracker = FaceLandmarker(tracking=True)
-        faces = stream.tracker.faces(frame)
+        with stream.lock:
+            if stream.tracker is None:
+                stream.tracker = FaceLandmarker(tracking=True)
+            faces = stream.tracker.faces(frame)
         previous = stream.last_camera[1] if stream.last_camera is not None else None
         face = prepare_face(frame, faces[0].landmarks, previous) if faces else None
         stream.last_camera = (frame, face)
         return face
 
     def close_stream(self, stream_id: str) -> None:
-        stream = self._streams.pop(stream_id, None)
+        with self._streams_lock:
+            self._closed.add(stream_id)
+            stream = self._streams.pop(stream_id, None)
         if stream is not None and stream.tracker is not None:
-            stream.tracker.close()
+            with stream.lock:  # not while the worker thread tracks with it
+                stream.tracker.close()
 
     def stream_stats(self, stream_id: str) -> dict[str, int]:
         stream = self._streams.get(stream_id)

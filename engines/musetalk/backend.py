@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engines.base import Avatar, AvatarError, Backend, BackendExport, BackendFiles, FrameJob
+from engines.base import Avatar, AvatarError, Backend, BackendExport, BackendFiles, ClosedStreams, FrameJob
 from engines.musetalk.audio import CONTEXT_S, LOOKAHEAD_S, frame_features, frame_window, log_mel
 from engines.musetalk.export import FACE_PARSE, FILES, onnx_dir
 from engines.musetalk.face import CROP, FaceCrop, face_crop, paste
@@ -121,6 +121,7 @@ class MuseTalkBackend(Backend):
 
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}
+        self._closed = ClosedStreams()
         self._sessions: dict[str, object] = {}
 
     def load(self) -> None:
@@ -202,6 +203,9 @@ class MuseTalkBackend(Backend):
         frames: list[np.ndarray | None] = [None] * len(jobs)
         todo: list[tuple[int, _Prepared, np.ndarray]] = []
         for i, job in enumerate(jobs):
+            if job.stream_id in self._closed:  # its session ended while this job waited
+                frames[i] = job.base_frame
+                continue
             stream = self._streams.setdefault(job.stream_id, _Stream())
             if job.avatar.is_camera:
                 prepared = self._camera(stream, job.base_frame)
@@ -228,6 +232,7 @@ class MuseTalkBackend(Backend):
         return frames  # type: ignore[return-value]
 
     def close_stream(self, stream_id: str) -> None:
+        self._closed.add(stream_id)
         stream = self._streams.pop(stream_id, None)
         if stream is not None and stream.tracker is not None:
             stream.tracker.close()  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import EMOTIONS, Avatar, Backend, BackendError, BackendFiles, Expression, FrameJob
+from engines.base import EMOTIONS, Avatar, Backend, BackendError, BackendFiles, ClosedStreams, Expression, FrameJob
 from engines.face import FaceLandmarker, portrait_face
 from engines.runtime.providers import PROVIDER_ENV
 from engines.vasa import audio as A
@@ -118,6 +118,7 @@ class VasaBackend(Backend):
 
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}
+        self._closed = ClosedStreams()
         self._models: DittoModels | None = None
         self._config: DittoConfig | None = None
         self._silence: np.ndarray | None = None
@@ -175,8 +176,8 @@ class VasaBackend(Backend):
     # -- streams ---------------------------------------------------------------------------
     def _stream(self, job: FrameJob) -> _Stream | None:
         stream = self._streams.get(job.stream_id)
-        if stream is not None:
-            return stream
+        if stream is not None or job.stream_id in self._closed:
+            return stream  # (None for a closed stream: its session ended while this job waited)
         assert self._config is not None and self._silence is not None
         if job.avatar.is_camera:
             if self._camera_faces is None:  # one detector for every camera stream's first face
@@ -291,6 +292,7 @@ class VasaBackend(Backend):
         return vector
 
     def close_stream(self, stream_id: str) -> None:
+        self._closed.add(stream_id)
         self._streams.pop(stream_id, None)  # its audio, LMDM state and RNGs go with it
 
     def stream_stats(self, stream_id: str) -> dict[str, Any]:
