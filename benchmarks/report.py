@@ -225,22 +225,31 @@ def section_concurrency(conc: dict[str, Any] | None) -> list[str]:
     if not conc:
         return out + ["Not measured yet: `python -m benchmarks.concurrency`.", ""]
     rule = conc["hold_rule"]
+    by_workers = conc.get("runs_by_workers") or {"default": conc["runs"]}
     out += [
         f"`python -m benchmarks.concurrency` ({machine_line(conc)}): N aiortc peers, each a microphone playing real speech, "
-        f"on one server with `{conc['backend']}` and avatar `{conc['avatar']}`, {conc['seconds']:.0f} s. N holds when every "
+        f"on one server with `{conc['backend']}` and avatar `{conc['avatar']}`, {conc['seconds']:.0f} s, for each N a server "
+        f"with the backend in its own process (`--workers 0`) and one with the default worker processes "
+        f"({conc.get('workers_default', '?')} here), one after the other. N holds when every "
         f"session keeps >= {rule['fps_mean']} fps, a worst 1 s window >= {rule['fps_worst_1s']:.0f} and a p95 server latency "
-        f"<= {rule['latency_p95_ms']:.0f} ms. The peers run on the same 2 cores (their CPU is shown).",
+        f"<= {rule['latency_p95_ms']:.0f} ms. The server's CPU and memory include its worker processes; the peers run on "
+        "the same 2 cores (their CPU is shown).",
         "",
-        "| N | holds | lowest session fps | worst 1 s | highest p95 latency | server CPU (cores) | server memory | peers' CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N | workers | holds | lowest session fps | worst 1 s | highest p95 latency | server CPU (cores) | server memory | peers' CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for run in conc["runs"]:
-        out.append(
-            f"| {run['sessions']} | {'yes' if run['holds'] else 'no'} | {run['fps_mean_min']} | {run['fps_worst_1s_min']:.0f} | "
-            f"{ms(run['latency_p95_ms_max'])} ms | {run['server']['cpu_cores_mean']} | {run['server']['rss_mb_max']:.0f} MB | "
-            f"{run['peers']['cpu_cores_mean']} |"
-        )
-    return out + ["", f"Largest N that holds on this machine: **{conc['largest_n_holding']}**.", ""]
+    sessions = sorted({r["sessions"] for runs in by_workers.values() for r in runs})
+    for n in sessions:
+        for workers, runs in by_workers.items():
+            for run in (r for r in runs if r["sessions"] == n):
+                out.append(
+                    f"| {n} | {workers} | {'yes' if run['holds'] else 'no'} | {run['fps_mean_min']} | {run['fps_worst_1s_min']:.0f} | "
+                    f"{ms(run['latency_p95_ms_max'])} ms | {run['server']['cpu_cores_mean']} | {run['server']['rss_mb_max']:.0f} MB | "
+                    f"{run['peers']['cpu_cores_mean']} |"
+                )
+    largest = conc.get("largest_n_holding_by_workers") or {"default": conc["largest_n_holding"]}
+    told = ", ".join(f"**{n}** with `--workers {w}`" for w, n in largest.items())
+    return out + ["", f"Largest N that holds on this machine: {told}.", ""]
 
 
 def section_long(long_run: dict[str, Any] | None) -> list[str]:
