@@ -50,6 +50,9 @@ def wait_listening(server: subprocess.Popen[bytes], port: int) -> subprocess.Pop
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """Ask the process to end (SIGTERM), then kill it if it has not within 10 s."""
+    if server.poll() is not None:
+        return
     server.terminate()
     try:
         server.wait(timeout=10)

@@ -27,6 +27,7 @@ except ImportError:  # tests/ is not a package and only it is on sys.path
     from browser_media import make_fake_capture_files
 
 from benchmarks.chromium import launch, missing_browser
+from benchmarks.live import stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -131,13 +132,7 @@ def _serve(tmp_path_factory, extra: list[str], env_extra: dict[str, str] | None 
             time.sleep(0.2)
         yield srv
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_server(proc)
 
 
 @pytest.fixture

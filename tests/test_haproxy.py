@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
+from benchmarks.live import stop_server
 from benchmarks.peer import Received, whep_play, whip_publish
 from benchmarks.synthetic_peer import PatternVideo, PeerRun, ToneAudio, run_peer
 from stream_server.config import Settings
@@ -77,16 +78,6 @@ def wait_until_listening(proc: subprocess.Popen[bytes], port: int, log: Path, wi
     raise AssertionError(f"{proc.args} did not listen on {port} within {within_s} s:\n{log.read_text()}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 class Cluster:
     """HAProxy on ``url`` in front of servers s1 and s2, each with at most one session."""
 
@@ -128,7 +119,7 @@ class Cluster:
 
     def stop(self) -> None:
         for proc, log in self.procs:
-            stop(proc)
+            stop_server(proc)
             print(f"--- {log.name}\n{log.read_text()}")
 
 
