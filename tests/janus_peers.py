@@ -25,7 +25,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
 from benchmarks.peer import PacedAudio, Received, SenderTime, StampedVideo, av_offsets, loop_clip, output_fps, read_stamp, whip_publish
-from benchmarks.peer.receive import record
+from benchmarks.peer.receive import audio_origin, record
 from engines.media_io import load_audio
 
 ROOM = 1234
@@ -144,8 +144,7 @@ def arrival_offsets(received: Received, clip: Path, clip_fps: float) -> np.ndarr
     audio = np.zeros(int(pts[-1] - first_pts) + 960, np.float32)
     for _, p, samples in received.audio:
         audio[p - first_pts : p - first_pts + len(samples)] = samples
-    probe = load_audio(clip, 48000)[24000:96000]  # 1.5 s of speech from 0.5 s in
-    origin = int(np.argmax(np.abs(np.correlate(audio[: 48000 * 6], probe, mode="valid")))) - 24000 + first_pts
+    origin = audio_origin(audio, first_pts, load_audio(clip, 48000), received, clip_fps)
     offsets = []
     for arrival, _, rgb in received.video:
         index = read_stamp(rgb)
