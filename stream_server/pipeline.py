@@ -374,5 +374,6 @@ class LivePipeline(StreamPipeline):
         self.stop()
         self._jobs.clear()
         self.ledger.close()
+        self.audio_in.release()
         if isinstance(self.frames, CameraFrames):
             self.frames.release()

@@ -169,3 +169,27 @@ def test_media_time_of_a_pts_across_the_32_bit_wrap(speech48: np.ndarray) -> Non
     assert audio.media_of_pts((start + 48000 * 0.5) % (1 << 32)) == pytest.approx(0.5)  # after the wrap
     assert audio.media_of_pts((start + 48000 * 3) % (1 << 32)) == pytest.approx(3.0)  # not yet arrived
     assert audio.media_of_pts((start - 4800) % (1 << 32)) == pytest.approx(-0.1)  # before the first
+
+
+def test_release_frees_the_resamplers_threads_at_once(speech48: np.ndarray) -> None:
+    """Each resampler is an FFmpeg filter graph with threads; a session's reference cycles would
+    keep them until a garbage collection, so release() drops them when the session ends."""
+    import gc
+    import os
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    gc.collect()
+    gc.disable()  # what the server sees between its rare full collections
+    try:
+        audio = AudioIn()
+        for _, frame in opus_like_frames(speech48[:48000]):
+            audio.push(frame, 0.0)
+        with_graphs = threads()
+        audio.release()
+        assert threads() < with_graphs
+        for _, frame in opus_like_frames(speech48[:9600]):
+            audio.push(frame, 0.0)  # frames after the end are ignored, not an error
+    finally:
+        gc.enable()
