@@ -20,6 +20,8 @@ from stream_server.channels import ChannelTimeline
 from tests.conftest import StartServer
 from tests.media import shared_media, video_fps
 
+pytestmark = pytest.mark.usefixtures("steady_gc")  # timed streams in this process
+
 CLIP = ("video", "pcavs_vox2_00086.mp4")  # 224x224, 25 fps, 5.2 s of speech
 CAMERA = {"backend": "passthrough", "avatar": "camera", "fps": 25, "width": 224, "height": 224}
 TOKEN = "channel-token"

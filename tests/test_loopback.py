@@ -14,6 +14,8 @@ from tests.media import shared_media, video_fps
 from stream_server.stages import STAGES, TraceWriter
 from benchmarks.peer import av_offsets, output_fps, stream_clip
 
+pytestmark = pytest.mark.usefixtures("steady_gc")  # timed streams in this process
+
 CLIP = ("video", "pcavs_vox2_00086.mp4")  # 224x224, 25 fps, speech
 
 
