@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from stream_server.channels import ChannelTrack, Subscriber
+from stream_server.session import peer_connection
 
 if TYPE_CHECKING:
     from stream_server.channels import Channel
@@ -120,7 +121,7 @@ class Egress:
     # -- one attempt ---------------------------------------------------------------------------
     async def _connect(self) -> None:
         """Offer, POST, apply the answer, and wait for the connection; EgressError if refused."""
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers]))
+        pc = peer_connection(self.ice_servers)
         self._pc, self._subscriber = pc, self.channel.subscribe()
         self._tracks = [ChannelTrack(kind, self._subscriber) for kind in ("audio", "video")]
         for track in self._tracks:

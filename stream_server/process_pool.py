@@ -282,7 +282,7 @@ class RemoteBackend:
         try:
             self._calls.send(request)
             return self._calls.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
+        except (EOFError, OSError) as exc:  # OSError: BrokenPipeError and the like
             raise BackendHung(f"worker process {self.index} of {self.local.name} died ({self.exit_text()})") from exc
 
     def _unsent(self, jobs: Sequence[FrameJob]) -> dict[str, Avatar]:
@@ -306,7 +306,7 @@ class RemoteBackend:
         self._stats.pop(stream_id, None)
         try:
             self._control.send(stream_id)
-        except (OSError, BrokenPipeError):
+        except OSError:  # BrokenPipeError
             pass  # the child is gone, and the stream with it
 
     def stream_stats(self, stream_id: str) -> dict[str, int]:
@@ -328,7 +328,7 @@ class RemoteBackend:
     def stop(self) -> None:
         try:
             self._control.send(None)
-        except (OSError, BrokenPipeError):
+        except OSError:  # BrokenPipeError: the child is gone
             pass
         self.process.join(timeout=5)
         if self.process.is_alive():
@@ -348,7 +348,6 @@ class ProcessWorkers:
 
     def __init__(self, local: Backend, count: int, warm_up: Path | None = None) -> None:
         self.local = local
-        self.count = count
         self.warm_up = warm_up
         self.members: list[BackendWorker] = []
         self._lock = threading.Lock()

@@ -39,6 +39,11 @@ class OfferError(ValueError):
     """The offer cannot be answered; the message is shown to the user."""
 
 
+def peer_connection(ice_servers: list[dict[str, Any]] | None) -> RTCPeerConnection:
+    """A peer connection using the configured STUN/TURN servers (``RTCIceServer`` dicts)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**server) for server in ice_servers or []]))
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     idle_timeout_s: float = 10.0  # no packet (RTP or RTCP) from the peer for this long ends it
@@ -79,8 +84,7 @@ class Session:
             self.limits.failures_before_fallback, on_event=self.add_event, on_failure=self._start_fallback,
             expression=options.expression,
         )
-        servers = [RTCIceServer(**server) for server in ice_servers or []]
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self.pc = peer_connection(ice_servers)
         self.video_out = SlotVideoTrack(self.pipeline)
         self.audio_out = DelayedAudioTrack(self.pipeline)
         self.created = time.monotonic()

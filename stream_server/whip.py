@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from stream_server.channels import Channel, ChannelTrack
 from stream_server.http_errors import ApiError, error_response
@@ -25,6 +25,7 @@ from stream_server.ids import new_id
 from stream_server.opening import open_or_refuse
 from stream_server.options import OptionError
 from stream_server.recording import Recorder
+from stream_server.session import peer_connection
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ async def whep_post(request: web.Request) -> web.Response:
     if len(channel.viewers) >= server.settings.max_viewers:
         return error_response(503, f"channel {channel.name!r} has its maximum of {server.settings.max_viewers} viewers",
                       headers={"Retry-After": str(server.settings.retry_after_s)})
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in server.settings.ice_servers]))
+    pc = peer_connection(server.settings.ice_servers)
     subscriber = channel.subscribe()
     resource = new_id(_server(request).settings.instance)
     try:

@@ -9,8 +9,9 @@ back), which gives the background, the torso and the head's motion.
 
 On an NVIDIA GPU it renders with gsplat when that is installed and builds, else with the
 project's own torch rasteriser on the GPU; the jobs due in one tick, of every session and every
-enrolled person rendered at the same size, go through one batched rasterization. A CPU cannot render it in real time: the backend is unavailable there unless
-``LIPSYNC_GAUSSIAN_CPU=1`` asks for the debug mode (the torch rasteriser at most 128x128).
+enrolled person rendered at the same size, go through one batched rasterization. A CPU cannot
+render it in real time: the backend is unavailable there unless ``LIPSYNC_GAUSSIAN_CPU=1`` asks
+for the debug mode (the torch rasteriser at most 128x128).
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ class GaussianBackend(Backend):
                                      model.cameras(len(order), first.side), first.side, first.side,
                                      z0=model.config.z0, eps2d=model.config.eps2d)
         rgb, alpha = rgb.float().cpu().numpy(), alpha.float().cpu().numpy()
-        back = np.argsort(np.asarray([indices.index(i) for i in order]))  # rows of ``order`` → ``indices``
+        row = {i: r for r, i in enumerate(order)}  # rendered in ``order``; returned in ``indices``
+        back = [row[i] for i in indices]
         return rgb[back], alpha[back]
 
     @staticmethod
