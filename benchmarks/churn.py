@@ -81,11 +81,14 @@ async def churn(
     probe: Probe,
     idle_timeout_s: float,
     settle: Callable[[], Awaitable[None]] | None = None,
+    warmup: int = 1,
 ) -> dict[str, Any]:
-    """Run the cycles; returns the baseline, every sample and the time each session took to go."""
+    """Run the cycles after ``warmup`` more (backend load, thread pools, each worker process's
+    first session); the last of those sets the baseline. Returns the baseline, every sample and the
+    time each session took to go."""
     samples: list[dict[str, Any]] = []
     baseline: dict[str, float] = {}
-    for cycle in range(cycles + 1):  # cycle 0 warms up (backend load, thread pools) and sets the baseline
+    for cycle in range(1 - warmup, cycles + 1):
         ending = ENDINGS[cycle % len(ENDINGS)]
         relay = UdpRelay() if ending == "vanish" else None
         try:
@@ -100,11 +103,12 @@ async def churn(
         sample = {"cycle": cycle, "ending": ending, "frames": len(run.video_arrivals), "freed_s": round(freed_s, 2), **probe()}
         if cycle == 0:
             baseline = {k: sample[k] for k in ("threads", "fds", "rss_mb")}
-        else:
+        elif cycle > 0:
             samples.append(sample)
     final = samples[-1]
     return {
         "cycles": cycles,
+        "warmup_cycles": warmup,
         "seconds_per_cycle": seconds,
         "options": options,
         "baseline": baseline,
@@ -136,7 +140,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     server = start_server(port, args.backend, args.idle_timeout, workers=args.workers)
     try:
         options = {"backend": args.backend, "avatar": args.avatar}
-        result = await churn(f"http://127.0.0.1:{port}", args.cycles, args.seconds, options, proc_probe(server.pid), args.idle_timeout)
+        warmup = args.warmup if args.warmup is not None else 1 + (os.cpu_count() or 1 if args.workers is None else args.workers)
+        result = await churn(f"http://127.0.0.1:{port}", args.cycles, args.seconds, options, proc_probe(server.pid),
+                             args.idle_timeout, warmup=warmup)
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -163,6 +169,9 @@ def main() -> None:
     parser.add_argument("--avatar", default="camera")
     parser.add_argument("--idle-timeout", type=float, default=3.0, help="the server's --idle-timeout (finds vanished peers)")
     parser.add_argument("--workers", type=int, default=None, help="the server's --workers (default: its own default, one per core)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="cycles before the baseline (default: 1 + one per worker process, so that each has served "
+                             "its first session: MediaPipe's graphs and the codecs' first buffers are not growth)")
     parser.add_argument("--name", default=None, help="result file name (default churn_BACKEND)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

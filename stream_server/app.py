@@ -17,6 +17,7 @@ from engines import features
 from stream_server import metrics, whip
 from stream_server.config import FPS_CHOICES, Settings
 from stream_server.http_errors import ApiError, error_response
+from stream_server.heap import collect_garbage
 from stream_server.hub import SERVER, Server
 from stream_server.opening import open_or_refuse
 from stream_server.options import OptionError, parse_options
@@ -313,6 +314,7 @@ def create_app(settings: Settings, registry: BackendRegistry | None = None) -> w
         # every session's log-mel needs librosa's filters, and librosa's first import takes ~2 s:
         # built here, off the loop, the first session does not stall every other one for it
         await asyncio.to_thread(features.mel_filterbank)
+        collect_garbage(idle=True)  # what start-up made lives as long as the server: later collections skip it
         server.start_background()
 
     async def on_shutdown(app: web.Application) -> None:

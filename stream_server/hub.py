@@ -27,6 +27,7 @@ from stream_server.channels import CHANNEL_NAME, Channel
 from stream_server.config import Settings
 from stream_server.egress import Egress
 from stream_server.enrolments import Enrolments
+from stream_server.heap import collect_garbage, return_freed_memory
 from stream_server.loop_lag import LoopLag
 from stream_server.options import OptionError, SessionOptions, parse_options
 from stream_server.session import Replacement, Session, SessionLimits
@@ -215,6 +216,13 @@ class Server:
     async def _forget_when_closed(self, session: Session) -> None:
         await session.closed.wait()
         self.sessions.pop(session.id, None)
+        await session.released.wait()  # a cut peer's connection takes a while to close
+        del session  # this frame's reference too, before the collection
+        await asyncio.sleep(0)  # let the tasks that held the session finish
+        freed, collect_s = collect_garbage(idle=not self.sessions)
+        trim_s = await asyncio.to_thread(return_freed_memory)  # off the loop: it walks the whole heap
+        log.debug("session ended: %d objects collected in %.1f ms, heap trimmed in %s ms", freed, collect_s * 1000,
+                  "-" if trim_s is None else f"{trim_s * 1000:.1f}")
 
     # -- channels (stream_server/whip.py has their routes) ---------------------------------------
     def create_channel(self, name: str, raw_options: Any = None) -> Channel:

@@ -88,7 +88,8 @@ class Session:
         self.video_out = SlotVideoTrack(self.pipeline)
         self.audio_out = DelayedAudioTrack(self.pipeline)
         self.created = time.monotonic()
-        self.closed = asyncio.Event()
+        self.closed = asyncio.Event()  # set when closing starts
+        self.released = asyncio.Event()  # set when closing has finished: nothing of it runs any more
         self.close_reason = ""
         self.events: collections.deque[str] = collections.deque(maxlen=20)
         self.events_total = 0  # events ever added (the deque keeps the last 20)
@@ -274,14 +275,17 @@ class Session:
         self.pipeline.stop()
         log.info("session %s closing: %s", self.id, reason)
         self.close_reason = reason
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.video_out.stop()
-        self.audio_out.stop()
-        await self.pc.close()
-        self.backend.close_stream(self.id)
-        self._release()
+        try:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.video_out.stop()
+            self.audio_out.stop()
+            await self.pc.close()
+            self.backend.close_stream(self.id)
+            self._release()
+        finally:
+            self.released.set()
 
     def _release(self) -> None:
         """Break the reference cycles through this session, so that it (its audio resamplers and
