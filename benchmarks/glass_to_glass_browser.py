@@ -127,7 +127,7 @@ def inbound_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def measure(seconds: float, period_s: float) -> dict[str, Any]:
+def measure(seconds: float, period_s: float, playout: str = "lowest") -> dict[str, Any]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -147,6 +147,7 @@ def measure(seconds: float, period_s: float) -> dict[str, Any]:
             "return ['backend', 'avatar'].every(id => document.getElementById(id).options.length > 0)"))
         Select(driver.find_element(By.ID, "backend")).select_by_value("mesh")
         Select(driver.find_element(By.ID, "avatar")).select_by_value("astronaut")
+        Select(driver.find_element(By.ID, "playout")).select_by_value(playout)
         driver.find_element(By.ID, "start").click()
         WebDriverWait(driver, 30, poll_frequency=0.2).until(lambda d: d.execute_script(
             "const v = document.getElementById('output'); return v.readyState >= 2 && v.currentTime > 0.5;"))
@@ -169,7 +170,7 @@ def measure(seconds: float, period_s: float) -> dict[str, Any]:
     onsets = [t / 1000.0 for t in marks["onsets"] if shown[0] + 0.3 < t / 1000.0 < shown[-1] - 0.8]
     latencies, reacting, not_closed = reaction_latencies(onsets, shown, change)
     return {
-        "backend": "mesh", "avatar": "astronaut", "seconds": seconds, "period_s": period_s,
+        "backend": "mesh", "avatar": "astronaut", "playout": playout, "seconds": seconds, "period_s": period_s,
         "events": len(onsets), "reacted": len(latencies), "mouth_not_closed_before": not_closed,
         "glass_to_glass_ms": {q: pct(latencies, int(q[1:])) for q in ("p50", "p95", "p99")} if latencies else None,
         "getstats": stats,
@@ -181,9 +182,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=125.0, help="how long to measure (100 vowels at 1.2 s: 125 s)")
     parser.add_argument("--period", type=float, default=1.2, help="seconds between vowels")
+    parser.add_argument("--playout", choices=("lowest", "smooth"), default="lowest", help="the page's Playout setting")
     args = parser.parse_args()
-    result = {"benchmark": "glass_to_glass_browser", **measure(args.seconds, args.period)}
-    out = save("glass_to_glass_browser_mesh", result)
+    result = {"benchmark": "glass_to_glass_browser", **measure(args.seconds, args.period, args.playout)}
+    out = save("glass_to_glass_browser_mesh" + ("" if args.playout == "lowest" else f"_{args.playout}"), result)
     print(json.dumps({k: v for k, v in result.items() if k != "latencies_ms"}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 

@@ -272,6 +272,7 @@ async function start() {
     const remote = new MediaStream();
     $('output').srcObject = remote;
     pc.addEventListener('track', (ev) => {
+      applyPlayout(ev.receiver, $('playout').value);
       remote.addTrack(ev.track);
       $('output').play().catch(() => { /* autoplay blocked: the user can press play */ });
     });
@@ -320,6 +321,15 @@ async function start() {
     await stop({ keepError: true });
     setStatus(`failed: ${msg.split('. ')[0]}`, 'failed'); // first sentence; details in #error
   }
+}
+
+// 'lowest': no delay added to what the jitter buffers need (jitterBufferTarget 0; Chromium's older
+// playoutDelayHint 0 also makes it render video frames as they are decoded), set on the audio and
+// the video receiver alike so that lip sync holds; 'smooth': the browser's adaptive default.
+function applyPlayout(receiver, playout) {
+  if (playout !== 'lowest') return;
+  if ('jitterBufferTarget' in receiver) receiver.jitterBufferTarget = 0;
+  if ('playoutDelayHint' in receiver) receiver.playoutDelayHint = 0;
 }
 
 function onConnectionState() {
