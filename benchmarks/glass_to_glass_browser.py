@@ -43,25 +43,33 @@ from benchmarks.results_io import ROOT, save
 INSTRUMENT_JS = """
 const box = arguments[0];
 const state = window.lipsync;
-const g2g = window.g2g = {onsets: [], frames: []};
-// microphone: the first loud block after 0.3 s of quiet is a vowel onset
-const ctx = new AudioContext();
-const source = ctx.createMediaStreamSource(state.localStream);
-const tap = ctx.createScriptProcessor(256, 1, 1);
-let quietSince = null;
-tap.onaudioprocess = (event) => {
-  const now = performance.now();
-  const data = event.inputBuffer.getChannelData(0);
-  let first = -1;
-  for (let i = 0; i < data.length; i++) if (Math.abs(data[i]) > 0.05) { first = i; break; }
-  const blockStart = now - data.length / ctx.sampleRate * 1000;
-  if (first < 0) { if (quietSince === null) quietSince = blockStart; return; }
-  if (quietSince !== null && blockStart - quietSince > 300) g2g.onsets.push(blockStart + first / ctx.sampleRate * 1000);
-  quietSince = null;
-};
-source.connect(tap); tap.connect(ctx.destination);
-// output video: each frame's expected display time and its mouth region, 24 x 16 grey levels
+const g2g = window.g2g = {onsets: [], heard: [], frames: []};
 const video = document.getElementById('output');
+// a vowel's onset is the first loud block after 0.3 s of quiet: in the microphone (sent) and in
+// the avatar's audio as the page plays it (heard; the same rule, so both carry the same bias)
+const ctx = new AudioContext();
+const taps = [];
+const listen = (stream, onsets) => {
+  const source = ctx.createMediaStreamSource(stream);
+  const tap = ctx.createScriptProcessor(256, 1, 1);
+  let quietSince = null;
+  tap.onaudioprocess = (event) => {
+    const now = performance.now();
+    const data = event.inputBuffer.getChannelData(0);
+    let first = -1;
+    for (let i = 0; i < data.length; i++) if (Math.abs(data[i]) > 0.05) { first = i; break; }
+    const blockStart = now - data.length / ctx.sampleRate * 1000;
+    if (first < 0) { if (quietSince === null) quietSince = blockStart; return; }
+    if (quietSince !== null && blockStart - quietSince > 300) onsets.push(blockStart + first / ctx.sampleRate * 1000);
+    quietSince = null;
+  };
+  source.connect(tap); tap.connect(ctx.destination);
+  taps.push(tap);  // kept referenced: a collected node stops calling back
+};
+listen(state.localStream, g2g.onsets);
+listen(new MediaStream(video.srcObject.getAudioTracks()), g2g.heard);
+window.g2gTaps = taps;
+// output video: each frame's expected display time and its mouth region, 24 x 16 grey levels
 const canvas = new OffscreenCanvas(24, 16);
 const draw = canvas.getContext('2d', {willReadFrequently: true});
 const onFrame = (now, meta) => {
@@ -127,6 +135,21 @@ def inbound_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def heard_offsets(onsets: list[float], heard: list[float], shown: np.ndarray, reacting: list[int]) -> tuple[list[float], list[float]]:
+    """Per vowel sent: when the page played it back (the first heard onset within a second), as
+    seconds after it was sent; and, for vowels with a reacting frame, that frame's display time
+    minus the playback of the vowel (negative: the mouth moves before the sound is heard)."""
+    after, mouth = [], []
+    for sent, frame in zip(onsets, reacting):
+        later = [t for t in heard if sent <= t < sent + 1.0]
+        if not later:
+            continue
+        after.append(later[0] - sent)
+        if frame >= 0:
+            mouth.append(float(shown[frame]) - later[0])
+    return after, mouth
+
+
 def measure(seconds: float, period_s: float, playout: str = "lowest") -> dict[str, Any]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -169,10 +192,14 @@ def measure(seconds: float, period_s: float, playout: str = "lowest") -> dict[st
     # vowels early enough for their reaction to be seen before the end
     onsets = [t / 1000.0 for t in marks["onsets"] if shown[0] + 0.3 < t / 1000.0 < shown[-1] - 0.8]
     latencies, reacting, not_closed = reaction_latencies(onsets, shown, change)
+    heard_after, mouth_vs_heard = heard_offsets(onsets, [t / 1000.0 for t in marks["heard"]], shown, reacting)
     return {
         "backend": "mesh", "avatar": "astronaut", "playout": playout, "seconds": seconds, "period_s": period_s,
         "events": len(onsets), "reacted": len(latencies), "mouth_not_closed_before": not_closed,
         "glass_to_glass_ms": {q: pct(latencies, int(q[1:])) for q in ("p50", "p95", "p99")} if latencies else None,
+        "heard": len(heard_after),
+        "audio_glass_to_glass_ms": {q: pct(heard_after, int(q[1:])) for q in ("p50", "p95")} if heard_after else None,
+        "mouth_vs_sound_ms": {q: pct(mouth_vs_heard, int(q[1:])) for q in ("p5", "p50", "p95")} if mouth_vs_heard else None,
         "getstats": stats,
         "latencies_ms": [round(x * 1000, 1) for x in latencies],
     }

@@ -153,6 +153,17 @@ def section_glass(g2g: dict[str, Any] | None, browser: dict[str, Any] | None,
         out += ["", f"At the aiortc receiver the mouth starts to open {-mv['p50']:.0f} ms (median) before the vowel is heard "
                 "(frames and audio placed on the sender's clock by the RTCP sender reports): the model's 100 ms lookahead "
                 "lets it anticipate, as real speakers do."]
+    page = (browser or {}).get("mouth_vs_sound_ms")
+    if mv and page:
+        offset = page["p50"] - mv["p50"]
+        heard = browser["audio_glass_to_glass_ms"]
+        out += ["", f"At the page (lowest latency) the avatar's audio is heard {ms(heard['p50'])} ms (p50) after the vowel "
+                f"entered the microphone, and the mouth moves {-page['p50']:.0f} ms before it is heard (p5 / p95: "
+                f"{-page['p95']:.0f} / {-page['p5']:.0f} ms). Against the {-mv['p50']:.0f} ms the stream carries (the "
+                f"aiortc receiver, on the sender's clock), the page shows video {offset:+.0f} ms against audio, "
+                f"{'within' if -125 <= offset <= 45 else 'outside'} ITU-R BT.1359's -125 / +45 ms (negative: the "
+                "sound comes later). Both taps are Web Audio script processors, so the sound's figure includes that "
+                "node's own delay (a few ms; not measured separately)."]
     stats = (browser or {}).get("getstats")
     if stats and "video" in stats:
         v, a = stats["video"], stats.get("audio", {})

@@ -48,3 +48,32 @@ def fit_cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
     top = (resized.shape[0] - height) // 2
     left = (resized.shape[1] - width) // 2
     return resized[top : top + height, left : left + width]
+
+
+FRAMINGS = ("face", "whole")  # a portrait cropped to head and shoulders, or the whole picture
+DEFAULT_FRAMING = "face"
+FACE_SHARE = 0.4  # the face's height over the framed picture's: head, neck and shoulders
+
+
+def face_window(size: tuple[int, int], face_box: tuple[float, float, float, float], width: int, height: int,
+                face_share: float = FACE_SHARE) -> tuple[int, int, int, int]:
+    """The part of a ``size`` (w, h) picture that frames the face in ``face_box`` (x0, y0, x1, y1)
+    at the output's aspect: the face ``face_share`` of its height, a little above the centre,
+    inside the picture. The whole picture's centre crop when the face is large already."""
+    w, h = size
+    x0, y0, x1, y1 = face_box
+    crop_h = (y1 - y0) / face_share
+    crop_w = crop_h * width / height
+    cover = min(w / width, h / height)  # the largest window of the output's aspect inside the picture
+    if crop_w >= cover * width or crop_h >= cover * height:
+        crop_w, crop_h = cover * width, cover * height
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + 0.1 * crop_h  # the face a little above the centre
+    left = min(max(0.0, cx - crop_w / 2), w - crop_w)
+    top = min(max(0.0, cy - crop_h / 2), h - crop_h)
+    return round(left), round(top), round(left + crop_w), round(top + crop_h)
+
+
+def frame_face(image: np.ndarray, face_box: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
+    """``image`` cropped around its face (``face_window``) and scaled to width x height."""
+    left, top, right, bottom = face_window((image.shape[1], image.shape[0]), face_box, width, height)
+    return fit_cover(np.ascontiguousarray(image[top:bottom, left:right]), width, height)

@@ -17,6 +17,7 @@ from engines import features
 from stream_server import metrics, whip
 from stream_server.config import FPS_CHOICES, Settings
 from stream_server.http_errors import ApiError, error_response
+from engines.images import DEFAULT_FRAMING, FRAMINGS
 from stream_server.heap import collect_garbage
 from stream_server.hub import SERVER, Server
 from stream_server.opening import open_or_refuse
@@ -131,6 +132,7 @@ async def config(request: web.Request) -> web.Response:
             "max_upload_bytes": server.settings.max_upload_bytes,
             "mouth_gain": {"default": DEFAULT_MOUTH_GAIN, "min": MOUTH_GAIN_RANGE[0], "max": MOUTH_GAIN_RANGE[1]},
             "emotion": {"default": DEFAULT_EMOTION, "choices": list(EMOTIONS)},
+            "framing": {"default": DEFAULT_FRAMING, "choices": list(FRAMINGS)},
         }
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.images import read_image
+from engines.images import fit_cover, frame_face, read_image
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 CAMERA = "camera"
@@ -41,6 +41,24 @@ class AvatarSource:
         return {"name": self.name, "kind": self.kind, "url": url, "enrolled": self.enrolled}
 
 
+FaceBox = tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+def face_box(image: np.ndarray) -> FaceBox | None:
+    """The box around the largest face in a picture, or None (blocking: MediaPipe)."""
+    from engines.face import FaceLandmarker  # slow to import: only when a portrait is framed
+
+    with FaceLandmarker(max_faces=1) as landmarker:
+        faces = landmarker.faces(image)
+    return faces[0].box if faces else None
+
+
+def frame_portrait(image: np.ndarray, box: FaceBox | None, width: int, height: int) -> np.ndarray:
+    """A picture at width x height: cropped to head and shoulders around ``box``, or (None) the
+    whole picture's centre."""
+    return fit_cover(image, width, height) if box is None else frame_face(image, box, width, height)
+
+
 class AvatarLibrary:
     """Avatar names -> sources; images are read once and kept. Uploaded images live in memory
     only, at most ``max_uploads`` of them (the oldest is forgotten when a new one comes)."""
@@ -56,6 +74,7 @@ class AvatarLibrary:
                 name += "_"
             self._sources[name] = AvatarSource(name, "image", path)
         self._images: dict[str, np.ndarray] = {}
+        self._face_boxes: dict[str, FaceBox | None] = {}
         self._lock = threading.Lock()
         self._uploads: list[str] = []  # oldest first
         self.max_uploads = max_uploads
@@ -78,6 +97,7 @@ class AvatarLibrary:
                 old = self._uploads.pop(0)
                 self._sources.pop(old, None)
                 self._images.pop(old, None)
+                self._face_boxes.pop(old, None)
                 forgotten.append(old)
         return name, forgotten
 
@@ -106,6 +126,26 @@ class AvatarLibrary:
                 assert source.path is not None
                 self._images[name] = read_image(source.path)
             return self._images[name]
+
+    def framed(self, name: str, framing: str, width: int, height: int) -> np.ndarray | None:
+        """The avatar's picture as a session at width x height sends it: with ``framing`` "face"
+        cropped to head and shoulders (``engines.images.frame_face``), else the whole picture's
+        centre. A head enrolled from a video is always whole (its backend draws that view); a
+        picture without a face too (the backend then says so). Blocking: call it off the loop."""
+        image = self.image(name)
+        if image is None:
+            return None
+        box = self._face_box(name, image) if framing == "face" and not self._sources[name].enrolled else None
+        return frame_portrait(image, box, width, height)
+
+    def _face_box(self, name: str, image: np.ndarray) -> FaceBox | None:
+        with self._lock:
+            if name in self._face_boxes:
+                return self._face_boxes[name]
+        box = face_box(image)
+        with self._lock:
+            self._face_boxes[name] = box
+        return box
 
     def thumbnail_jpeg(self, name: str) -> bytes:
         image = self.image(name)

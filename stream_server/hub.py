@@ -18,7 +18,6 @@ from aiortc import RTCSessionDescription
 
 from engines.auto import AutoChoice, choose_backend
 from engines.base import Avatar, AvatarError
-from engines.images import fit_cover
 from engines.machine import gpus
 from engines.registry import BackendRegistry
 from stream_server import metrics
@@ -96,15 +95,14 @@ class Server:
         return entry.pick() if isinstance(entry, ProcessWorkers) else entry
 
     async def prepared_avatar(self, options: SessionOptions) -> Avatar:
-        key = (options.backend, options.avatar, options.width, options.height)
+        key = (options.backend, options.avatar, options.width, options.height, options.framing)
         if key in self._prepared:
             self._prepared.move_to_end(key)
         else:
             backend = (await self._loaded(options.backend)).backend
-            image = self.avatars.image(options.avatar)
-            if image is not None:  # the backend prepares the picture exactly as it will be sent
-                assert options.width is not None and options.height is not None
-                image = await asyncio.to_thread(fit_cover, image, options.width, options.height)
+            image = None  # the camera
+            if options.width is not None and options.height is not None:  # the picture exactly as it will be sent
+                image = await asyncio.to_thread(self.avatars.framed, options.avatar, options.framing, options.width, options.height)
             self._prepared[key] = await asyncio.to_thread(backend.prepare_avatar, options.avatar, image)
             while len(self._prepared) > MAX_PREPARED:
                 self._prepared.popitem(last=False)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engines.images import DEFAULT_FRAMING, FRAMINGS
 from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE, Expression
 from engines.registry import BackendRegistry, backend_names
 from stream_server.avatars import CAMERA, AvatarLibrary
 from stream_server.config import Settings
 
-OPTION_NAMES = ("backend", "avatar", "fps", "width", "height", "mouth_gain", "emotion", "emotion_intensity")
+OPTION_NAMES = ("backend", "avatar", "fps", "width", "height", "mouth_gain", "emotion", "emotion_intensity", "framing")
 EXPRESSION_NAMES = ("mouth_gain", "emotion", "emotion_intensity")  # what a running stream may change
 MIN_SIDE, MAX_SIDE = 64, 1920
 CAMERA_SIZE = (640, 480)  # used when the camera sends nothing to take the size from
@@ -32,6 +33,7 @@ class SessionOptions:
     mouth_gain: float = DEFAULT_MOUTH_GAIN  # Expression.mouth_gain
     emotion: str = DEFAULT_EMOTION  # Expression.emotion
     emotion_intensity: float = 1.0  # Expression.emotion_intensity
+    framing: str = DEFAULT_FRAMING  # a portrait cropped to head and shoulders ("face") or "whole"
 
     @property
     def expression(self) -> Expression:
@@ -65,18 +67,19 @@ def parse_options(raw: Any, settings: Settings, avatars: AvatarLibrary, backends
 
     fps = _integer(raw, "fps", settings.fps, 1, 60)
     expression = expression_options(raw, Expression())
+    framing = framing_option(raw.get("framing", DEFAULT_FRAMING))
     if ("width" in raw) != ("height" in raw):
         raise OptionError("give both width and height, or neither", ["width", "height"])
     if "width" not in raw:
         if avatar == CAMERA:
-            return SessionOptions(backend, avatar, fps, None, None, *_fields(expression))
+            return SessionOptions(backend, avatar, fps, None, None, *_fields(expression), framing=framing)
         image = avatars.image(avatar)
         assert image is not None
-        return SessionOptions(backend, avatar, fps, image.shape[1], image.shape[0], *_fields(expression))
+        return SessionOptions(backend, avatar, fps, image.shape[1], image.shape[0], *_fields(expression), framing=framing)
     width = _integer(raw, "width", 0, MIN_SIDE, MAX_SIDE)
     height = _integer(raw, "height", 0, MIN_SIDE, MAX_SIDE)
     # the encoders need even sides
-    return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2, *_fields(expression))
+    return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2, *_fields(expression), framing=framing)
 
 
 def _fields(expression: Expression) -> tuple[float, str, float]:
@@ -91,6 +94,14 @@ def expression_options(raw: dict[str, Any], current: Expression) -> Expression:
         emotion=emotion_option(raw.get("emotion", current.emotion)),
         emotion_intensity=intensity_option(raw.get("emotion_intensity", current.emotion_intensity)),
     )
+
+
+def framing_option(value: Any) -> str:
+    """One of ``FRAMINGS``, or OptionError listing them; ``render`` checks its ``--framing`` here too."""
+    if value not in FRAMINGS:
+        raise OptionError(f"framing must be one of {', '.join(FRAMINGS)} (face: a portrait cropped to head and "
+                          f"shoulders; whole: the whole picture; default {DEFAULT_FRAMING}), got {value!r}", list(FRAMINGS))
+    return str(value)
 
 
 def emotion_option(value: Any) -> str:

@@ -26,8 +26,8 @@ from engines.images import fit_cover, read_image
 from engines.media_io import load_audio
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
-from stream_server.avatars import BUNDLED, enrolled_picture, find_enrolled
-from stream_server.options import OptionError, expression_options
+from stream_server.avatars import BUNDLED, enrolled_picture, face_box, find_enrolled, frame_portrait
+from stream_server.options import OptionError, expression_options, framing_option
 from stream_server.pipeline import Generation, MakeFrame, Portrait, StreamPipeline, expected_backend_s
 from stream_server.scheduler import MIN_BUDGET_S, Emission
 from stream_server.simulate import simulate
@@ -127,6 +127,7 @@ def render(
     mouth_gain: float = DEFAULT_MOUTH_GAIN,
     emotion: str = DEFAULT_EMOTION,
     emotion_intensity: float = 1.0,
+    framing: str = "whole",  # offline renders keep the picture as given, so they line up with their source
 ) -> RenderResult:
     started = time.perf_counter()
     registry = registry or BackendRegistry(BUNDLED["astronaut"])
@@ -135,6 +136,7 @@ def render(
     try:
         expression = expression_options(
             {"mouth_gain": mouth_gain, "emotion": emotion, "emotion_intensity": emotion_intensity}, Expression())
+        framing = framing_option(framing)
     except OptionError as exc:
         raise RenderError(str(exc)) from exc
     if not audio.is_file():
@@ -168,7 +170,8 @@ def render(
         log.info("auto: %s", choice.reason)
         backend_name = choice.backend
     backend = registry.get(backend_name)
-    portrait = None if image is None else fit_cover(image, width, height)
+    box = face_box(image) if image is not None and framing == "face" and not enrolled else None
+    portrait = None if image is None else frame_portrait(image, box, width, height)
     prepared = backend.prepare_avatar(avatar_name, portrait)
 
     backend_s = 0.0 if timing == "ideal" else expected_backend_s(registry.info(backend_name).typical_fps, fps)

@@ -296,6 +296,7 @@ async function start() {
           avatar: $('avatar').value,
           fps: Number($('fps').value),
           mouth_gain: mouthGain(),
+          framing: $('framing').value,
           ...emotionOptions(),
         },
       }),

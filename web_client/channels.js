@@ -101,7 +101,7 @@ $('channel-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const name = $('channel-name').value.trim();
   const options = {
-    backend: $('backend').value, avatar: $('avatar').value, fps: Number($('fps').value), mouth_gain: mouthGain(),
+    backend: $('backend').value, avatar: $('avatar').value, fps: Number($('fps').value), mouth_gain: mouthGain(), framing: $('framing').value,
     ...emotionOptions(),
   };
   channelCall('POST', '/channels', { name, options })
