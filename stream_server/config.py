@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engines.registry import DEFAULT_BACKEND
 from stream_server.ids import check_instance
+from stream_server.inbound_audio import DEFAULT_AUDIO_PREFETCH
 
 FPS_CHOICES = (15, 20, 25, 30)
 
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     max_sessions: int = Field(4, ge=1)  # beyond it, POST /offer answers 503 with Retry-After
     retry_after_s: int = Field(30, ge=1)
     idle_timeout_s: float = Field(10.0, gt=0)  # no packet from the peer for this long ends a session
+    # inbound audio packets held before the oldest is decoded (aiortc's own: 4, 80 ms, the
+    # default; 1: 20 ms; reordering and loss are handled alike: stream_server/inbound_audio.py)
+    audio_prefetch: int = Field(DEFAULT_AUDIO_PREFETCH, ge=1, le=8)
     max_session_s: float = Field(12 * 3600.0, gt=0)  # a session is ended after this long
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # an uploaded avatar image
     max_video_bytes: int = Field(300 * 1024 * 1024, ge=1024)  # a video uploaded to enrol a person

@@ -149,6 +149,7 @@ class Server:
                 fallback=self.fallback_for,
                 trace=self.trace,
                 instance=self.settings.instance,
+                audio_prefetch=self.settings.audio_prefetch,
             )
             try:
                 answer = await session.accept(sdp, kind, send_back)

@@ -25,6 +25,7 @@ from stream_server.ledger import FrameLedger
 from stream_server.liveness import PacketListener
 from stream_server.options import EXPRESSION_NAMES, OptionError, SessionOptions, expression_options
 from stream_server.pipeline import Generation, LivePipeline
+from stream_server.inbound_audio import DEFAULT_AUDIO_PREFETCH, set_audio_prefetch
 from stream_server.sender_reports import SenderReports
 from stream_server.stages import TraceWriter
 from stream_server.tracks import DelayedAudioTrack, SlotVideoTrack
@@ -73,9 +74,11 @@ class Session:
         limits: SessionLimits | None = None,
         fallback: FallbackProvider | None = None,
         instance: str = "",
+        audio_prefetch: int = DEFAULT_AUDIO_PREFETCH,
     ) -> None:
         self.id = new_id(instance)  # "s1-3fa9c2d1e0b4" on the server named s1 (ids.py)
         self.options = options
+        self.audio_prefetch = audio_prefetch  # packets aiortc holds before the oldest (inbound_audio.py)
         self.limits = limits or SessionLimits()
         size = None if options.width is None else (options.width, options.height)
         self.ledger = FrameLedger(self.id, backend.name, options.fps, trace)
@@ -137,6 +140,9 @@ class Session:
         await self.pc.setLocalDescription(answer)
         self._packets.listen(self.pc)
         self._reports = {t.kind: SenderReports(t.receiver) for t in self.pc.getTransceivers() if t.kind in ("audio", "video")}
+        for t in self.pc.getTransceivers():
+            if t.kind == "audio":
+                set_audio_prefetch(t.receiver, self.audio_prefetch)
         self._start_task(self.pipeline.run(), "drive")
         self._start_task(self._watch(), "watch")
         return self.pc.localDescription
