@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -53,9 +54,13 @@ def face_box(image: np.ndarray) -> FaceBox | None:
     return faces[0].box if faces else None
 
 
-def frame_portrait(image: np.ndarray, box: FaceBox | None, width: int, height: int) -> np.ndarray:
-    """A picture at width x height: cropped to head and shoulders around ``box``, or (None) the
-    whole picture's centre."""
+def frame_portrait(image: np.ndarray, framing: str, enrolled: bool, width: int, height: int,
+                   find_face: Callable[[np.ndarray], FaceBox | None] = face_box) -> np.ndarray:
+    """A picture at width x height: with ``framing`` "face" cropped to head and shoulders
+    (``engines.images.frame_face``), else the whole picture's centre. A head enrolled from a video
+    is always whole (its backend draws that view); a picture without a face too (the backend then
+    says so). Blocking: call it off the loop."""
+    box = find_face(image) if framing == "face" and not enrolled else None
     return fit_cover(image, width, height) if box is None else frame_face(image, box, width, height)
 
 
@@ -128,15 +133,13 @@ class AvatarLibrary:
             return self._images[name]
 
     def framed(self, name: str, framing: str, width: int, height: int) -> np.ndarray | None:
-        """The avatar's picture as a session at width x height sends it: with ``framing`` "face"
-        cropped to head and shoulders (``engines.images.frame_face``), else the whole picture's
-        centre. A head enrolled from a video is always whole (its backend draws that view); a
-        picture without a face too (the backend then says so). Blocking: call it off the loop."""
+        """The avatar's picture as a session at width x height sends it (``frame_portrait``, its
+        face found once); None for the camera."""
         image = self.image(name)
         if image is None:
             return None
-        box = self._face_box(name, image) if framing == "face" and not self._sources[name].enrolled else None
-        return frame_portrait(image, box, width, height)
+        return frame_portrait(image, framing, self._sources[name].enrolled, width, height,
+                              lambda picture: self._face_box(name, picture))
 
     def _face_box(self, name: str, image: np.ndarray) -> FaceBox | None:
         with self._lock:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engines.images import DEFAULT_FRAMING, FRAMINGS
 from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE, Expression
+from engines.images import DEFAULT_FRAMING, FRAMINGS
 from engines.registry import BackendRegistry, backend_names
 from stream_server.avatars import CAMERA, AvatarLibrary
 from stream_server.config import Settings

@@ -26,7 +26,7 @@ from engines.images import fit_cover, read_image
 from engines.media_io import load_audio
 from engines.registry import BackendRegistry
 from stream_server.audio_in import PLAYBACK_RATE, AudioIn
-from stream_server.avatars import BUNDLED, enrolled_picture, face_box, find_enrolled, frame_portrait
+from stream_server.avatars import BUNDLED, enrolled_picture, find_enrolled, frame_portrait
 from stream_server.options import OptionError, expression_options, framing_option
 from stream_server.pipeline import Generation, MakeFrame, Portrait, StreamPipeline, expected_backend_s
 from stream_server.scheduler import MIN_BUDGET_S, Emission
@@ -170,8 +170,7 @@ def render(
         log.info("auto: %s", choice.reason)
         backend_name = choice.backend
     backend = registry.get(backend_name)
-    box = face_box(image) if image is not None and framing == "face" and not enrolled else None
-    portrait = None if image is None else frame_portrait(image, box, width, height)
+    portrait = None if image is None else frame_portrait(image, framing, enrolled is not None, width, height)
     prepared = backend.prepare_avatar(avatar_name, portrait)
 
     backend_s = 0.0 if timing == "ideal" else expected_backend_s(registry.info(backend_name).typical_fps, fps)

@@ -21,11 +21,11 @@ from aiortc.mediastreams import MediaStreamError
 from engines.base import Avatar, Backend, Expression
 from stream_server.camera_in import taken_at
 from stream_server.ids import new_id
+from stream_server.inbound_audio import DEFAULT_AUDIO_PREFETCH, set_audio_prefetch
 from stream_server.ledger import FrameLedger
 from stream_server.liveness import PacketListener
 from stream_server.options import EXPRESSION_NAMES, OptionError, SessionOptions, expression_options
 from stream_server.pipeline import Generation, LivePipeline
-from stream_server.inbound_audio import DEFAULT_AUDIO_PREFETCH, set_audio_prefetch
 from stream_server.sender_reports import SenderReports
 from stream_server.stages import TraceWriter
 from stream_server.tracks import DelayedAudioTrack, SlotVideoTrack
