@@ -47,6 +47,16 @@ class CameraIn:
         self.by_reports += media_s is not None
         self.first.set()
 
+    def newest_taken(self, clock: MediaClock) -> float | None:
+        """Media time the newest frame was taken at: by sender reports, else on the quickest
+        path (as ``at`` places it); None before the clock has started."""
+        newest = self.frames[-1]
+        if newest.taken is not None:
+            return newest.taken
+        if clock.camera_origin is None:
+            return None
+        return newest.rtp_s + self._quickest() - clock.camera_origin
+
     def at(self, media_s: float, arrival_by: float) -> av.VideoFrame | None:
         """The frame taken nearest to media time ``media_s``. Without sender reports yet, the
         newest frame that would have arrived by wall time ``arrival_by`` on the quickest path
@@ -57,13 +67,17 @@ class CameraIn:
         # Frames are placed by their own RTP times plus the least delay any held frame had, not
         # by when each arrived: frames held up together (a stall, a server busy starting the
         # session) and then delivered in a burst would otherwise all count as taken at the burst.
-        quickest = min((held.arrival - held.rtp_s for held in self.frames), default=0.0)
+        quickest = self._quickest()
         chosen = None
         for held in self.frames:
             if held.rtp_s + quickest > arrival_by and chosen is not None:
                 break
             chosen = held.frame
         return chosen
+
+    def _quickest(self) -> float:
+        """The least (arrival - RTP time) of the frames held."""
+        return min((held.arrival - held.rtp_s for held in self.frames), default=0.0)
 
     def _rtp_s(self, frame: av.VideoFrame, arrival: float) -> float:
         """The frame's RTP time in seconds from the first frame's (its arrival if unstamped:

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-viewers", type=int, default=None, help="WHEP viewers per channel; each costs one video encode (default 16)")
     limits.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="end a session after this many seconds without a packet from its peer (default 10)")
     limits.add_argument("--audio-prefetch", type=int, default=None, metavar="N",
-                        help="inbound audio packets (20 ms each) held before the oldest is decoded (default 4, aiortc's own: 80 ms; "
-                             "1: 20 ms, about 60 ms less glass-to-glass, but a session's first seconds play audio early)")
+                        help="inbound audio packets (20 ms each) held before the oldest is decoded (default 1: 20 ms; "
+                             "aiortc's own is 4, 80 ms: about 60 ms more glass-to-glass)")
     limits.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for a CPU backend, so that sessions use every core (default: one per core; 0: in the server's own process). GPU backends always run in the server's process")
     limits.add_argument("--max-session-duration", type=float, default=None, metavar="S", help="end a session after this many seconds (default 43200, 12 h)")
     serve.add_argument("--channel", action="append", default=[], metavar="NAME", help="create a channel at start-up (WHIP in at /whip/NAME, WHEP out at /whep/NAME, viewer page /view/NAME) with the default backend and avatar (repeatable)")

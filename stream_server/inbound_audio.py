@@ -5,8 +5,9 @@ once 4 later ones have arrived, 80 ms of Opus at 20 ms a packet, before the serv
 it. The prefetch does nothing for reordering or loss: a missing packet holds the buffer at that
 hole whatever the prefetch (until it comes, or the buffer's 16 packets overflow), so packets
 still leave in order. A prefetch of 1 (the next packet shows the oldest is whole) costs 20 ms.
-Measured in the browser: glass-to-glass p50 220 -> 161 ms (README "Glass-to-glass"); not yet
-the default (below).
+Measured in the browser: glass-to-glass p50 220 -> 161 ms (README "Glass-to-glass"). A camera
+avatar's slots wait for their camera frame (``Pipeline.due_with_camera``), whose path is then the
+slower one, so the shorter buffer cannot put its sound ahead of its pictures.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from aiortc.jitterbuffer import JitterBuffer
 
 log = logging.getLogger(__name__)
 AIORTC_AUDIO_PREFETCH = 4  # what aiortc 1.x sets
-# aiortc's, until the start of a session is understood: with 1, tests/test_network_faults.py saw
-# the first 2 s play audio 68 ms early (p5 28 ms; 4: -11 ms), then -10 ms like 4
-DEFAULT_AUDIO_PREFETCH = AIORTC_AUDIO_PREFETCH
+DEFAULT_AUDIO_PREFETCH = 1
 _BUFFER = "_RTCRtpReceiver__jitter_buffer"  # private: checked, and left alone if it moves
 
 

@@ -133,6 +133,18 @@ class StreamPipeline:
             horizon = self.audio_in.horizon_s if self.audio_in.started else -math.inf
         return self.scheduler.poll(now, horizon)
 
+    def due_with_camera(self, now: float) -> list[int]:
+        """As ``due``; a camera avatar's slot also waits (until its last call) for the camera
+        frame taken nearest to it: the camera's path can be slower than the microphone's, and
+        a slot cut from an older frame would show the picture behind the sound."""
+        horizon = self.audio_in.horizon_s if self.audio_in.started else -math.inf
+        if isinstance(self.frames, CameraFrames) and self.camera.frames:
+            taken = self.camera.newest_taken(self.clock)
+            if taken is not None:
+                seen = taken + self.scheduler.config.interval_s / 2  # the nearest frame to a slot up to here is in
+                horizon = min(horizon, seen + self.scheduler.config.lookahead_s)
+        return self.due(now, horizon)
+
     def job(self, slot: int) -> Callable[[], FrameJob]:
         """The job for a slot: its audio window is cut and its base frame chosen now; the
         function returned builds the job (base frame conversion included) in any thread."""
@@ -225,15 +237,23 @@ class LivePipeline(StreamPipeline):
         self.stopped = False  # results that come back after this are not counted
 
     # -- inbound ---------------------------------------------------------------------------
-    def push_audio(self, frame: av.AudioFrame) -> None:
+    def push_audio(self, frame: av.AudioFrame, packet_arrival: float | None = None) -> None:
+        """An audio frame was handed over; its packet had arrived at ``packet_arrival`` (None if unknown)."""
         arrival = MediaClock.wall_now()
         self.audio_in.push(frame, arrival)
-        self.clock.observe(self.audio_in.horizon_s, arrival)
+        self.clock.observe(self.audio_in.horizon_s, arrival, packet_arrival)
         self._wake.set()
 
-    def push_camera(self, frame: av.VideoFrame, taken: float | None) -> None:
-        """A camera frame arrived; ``taken`` is the media time it was taken at, if known."""
-        self.camera.push(frame, MediaClock.wall_now(), taken)
+    def push_camera(self, frame: av.VideoFrame, taken: float | None, packet_arrival: float | None = None) -> None:
+        """A camera frame was handed over; ``taken`` is the media time it was taken at, if known,
+        ``packet_arrival`` when its first packet arrived, if known."""
+        delivered = MediaClock.wall_now()
+        self.camera.push(frame, delivered if packet_arrival is None else packet_arrival, taken)
+        if isinstance(self.frames, CameraFrames):  # only a camera avatar waits for the camera
+            taken_s = self.camera.newest_taken(self.clock)
+            if taken_s is not None:
+                self.clock.observe_camera(taken_s, delivered)
+            self._wake.set()  # a slot may have been waiting for this frame
 
     def wake(self) -> None:
         self._wake.set()
@@ -256,7 +276,7 @@ class LivePipeline(StreamPipeline):
         self.started.set()
         interval = scheduler.config.interval_s
         while not self.stopped:
-            for slot in self.due(self.clock.media_now()):
+            for slot in self.due_with_camera(self.clock.media_now()):
                 self._dispatch(slot)
             self._wake.clear()
             timeout = self.clock.wall(scheduler.next_wakeup()) - MediaClock.wall_now()

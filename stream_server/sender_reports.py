@@ -22,6 +22,13 @@ from stream_server.audio_in import RTP_WRAP, signed_ticks
 NTP_FRACTION = float(1 << 32)
 
 
+def pts_origin(receiver: Any) -> int | None:
+    """The RTP timestamp at which aiortc's decoded pts are 0 for ``receiver`` (None before its first frame)."""
+    mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+    origin = getattr(mapper, "_origin", None)
+    return None if origin is None else int(origin) % RTP_WRAP
+
+
 class SenderReports:
     """The latest sender report of one inbound stream, hooked into its aiortc receiver."""
 
@@ -40,16 +47,10 @@ class SenderReports:
 
         receiver._handle_rtcp_packet = on_rtcp
 
-    def _pts_origin(self) -> int | None:
-        """The RTP timestamp at which aiortc's decoded pts are 0 (None before the first frame)."""
-        mapper = getattr(self._receiver, "_RTCRtpReceiver__timestamp_mapper", None)
-        origin = getattr(mapper, "_origin", None)
-        return None if origin is None else int(origin) % RTP_WRAP
-
     def sender_time(self, pts: int, clock_rate: int) -> float | None:
         """The sender's wall time (NTP seconds) of the frame with decoded ``pts``, or None
         until the first report has arrived."""
-        origin = self._pts_origin()
+        origin = pts_origin(self._receiver)
         if self.latest is None or origin is None:
             return None
         ntp, rtp = self.latest
@@ -57,7 +58,7 @@ class SenderReports:
 
     def pts_at(self, sender_s: float, clock_rate: int) -> int | None:
         """The decoded pts (mod 2**32) this stream had at the sender's wall time ``sender_s``."""
-        origin = self._pts_origin()
+        origin = pts_origin(self._receiver)
         if self.latest is None or origin is None:
             return None
         ntp, rtp = self.latest

@@ -26,6 +26,7 @@ from stream_server.ledger import FrameLedger
 from stream_server.liveness import PacketListener
 from stream_server.options import EXPRESSION_NAMES, OptionError, SessionOptions, expression_options
 from stream_server.pipeline import Generation, LivePipeline
+from stream_server.packet_arrivals import PacketArrivals
 from stream_server.sender_reports import SenderReports
 from stream_server.stages import TraceWriter
 from stream_server.tracks import DelayedAudioTrack, SlotVideoTrack
@@ -100,6 +101,7 @@ class Session:
         self._fallback = fallback
         self._packets = PacketListener()
         self._reports: dict[str, SenderReports] = {}  # by kind, for placing camera frames
+        self._arrivals: dict[str, PacketArrivals] = {}  # by kind: when each frame's packets came
         self._switching = False
         self._tasks: list[asyncio.Task[None]] = []
         if avatar.notice:
@@ -139,7 +141,9 @@ class Session:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self._packets.listen(self.pc)
-        self._reports = {t.kind: SenderReports(t.receiver) for t in self.pc.getTransceivers() if t.kind in ("audio", "video")}
+        media = [t for t in self.pc.getTransceivers() if t.kind in ("audio", "video")]
+        self._reports = {t.kind: SenderReports(t.receiver) for t in media}
+        self._arrivals = {t.kind: PacketArrivals(t.receiver) for t in media}
         for t in self.pc.getTransceivers():
             if t.kind == "audio":
                 set_audio_prefetch(t.receiver, self.audio_prefetch)
@@ -192,7 +196,8 @@ class Session:
     async def _consume_audio(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                self.pipeline.push_audio(await track.recv())
+                frame = await track.recv()
+                self.pipeline.push_audio(frame, self._packet_arrival("audio", frame.pts))
         except MediaStreamError:
             log.info("session %s: audio track ended", self.id)
 
@@ -201,9 +206,14 @@ class Session:
         try:
             while True:
                 frame = await track.recv()
-                pipeline.push_camera(frame, taken_at(frame, self._reports, pipeline.audio_in))
+                taken = taken_at(frame, self._reports, pipeline.audio_in)
+                pipeline.push_camera(frame, taken, self._packet_arrival("video", frame.pts))
         except MediaStreamError:
             log.info("session %s: video track ended", self.id)
+
+    def _packet_arrival(self, kind: str, pts: int | None) -> float | None:
+        arrivals = self._arrivals.get(kind)
+        return None if arrivals is None else arrivals.arrival_of(pts)
 
     # -- fallback --------------------------------------------------------------------------
     def _start_fallback(self, reason: str, hung: bool) -> None:
@@ -300,6 +310,8 @@ class Session:
         per ended session lingering until Python's rare full collection."""
         self._tasks.clear()  # finished tasks keep their tracebacks, whose frames hold us
         self._packets.release()
+        for arrivals in self._arrivals.values():
+            arrivals.release()
         self.pc.remove_all_listeners()
         self.video_out.release()
         self.audio_out.release()

@@ -33,7 +33,9 @@ async def test_camera_passthrough_holds_fps_and_one_clock(server_url: str) -> No
     median = float(np.median(offsets))
     print(f"fps {fps:.2f}, A/V offset median {median * 1000:.1f} ms, p5..p95 "
           f"{np.percentile(offsets, 5) * 1000:.1f}..{np.percentile(offsets, 95) * 1000:.1f} ms")
-    assert abs(median) <= 0.040, f"A/V offset {median * 1000:.1f} ms is more than one frame"
+    # within half a frame: a slot cut before its camera frame had come showed the picture before
+    # (+29 ms with a 1-packet audio buffer, when slots did not wait for the camera)
+    assert abs(median) <= 0.020, f"A/V offset {median * 1000:.1f} ms is more than half a frame"
     # a receiver that joined 1.2 s late (an SFU's late viewer) measures the same offset: the
     # measure finds the audio of what it joined at, not of the clip's start
     joined = received.video[0][0] + 1.2
