@@ -73,6 +73,7 @@ DEFAULT_MOUTH_GAIN = 1.75  # tuned on the bundled portrait: see README, "Express
 # the emotions a user may ask for: the 8 classes Ditto's LMDM is conditioned on, in its label order
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
 DEFAULT_EMOTION = "neutral"
+MOTIONS = ("still", "natural", "lively")  # Expression.motion
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Expression:
     understands and ignores the rest (``passthrough`` and ``musetalk`` ignore them all, ``mesh``
     the emotion); later fields are added here, each with a default that changes nothing.
 
+    ``motion`` (``still``, ``natural``, ``lively``) is how much the head, brows and eyes move with
+    the voice (``mesh``); unset, a portrait moves naturally and the camera only as the user does.
+
     ``emotion`` (one of ``EMOTIONS``) and ``emotion_intensity`` (0: neutral .. 1: that emotion
     fully) condition a backend that models emotion (``vasa``). A stream's expression may change
     while it runs (the page sends a new one); jobs made after the change carry it.
@@ -93,6 +97,7 @@ class Expression:
     mouth_gain: float = DEFAULT_MOUTH_GAIN
     emotion: str = DEFAULT_EMOTION
     emotion_intensity: float = 1.0
+    motion: str | None = None  # head, brows and blinks: one of MOTIONS; None: the avatar's default
 
 
 @dataclass

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"one of {', '.join(EMOTIONS)} (default {DEFAULT_EMOTION}; backends that do not model emotion ignore it)")
     render.add_argument("--emotion-intensity", type=float, default=1.0, metavar="X",
                         help="0 (neutral) to 1 (the emotion fully; default 1)")
+    render.add_argument("--motion", default=None, metavar="M",
+                        help="still, natural or lively: how much the head, brows and eyes move with the voice (default "
+                             "natural on a picture, none added to a video of a face; backends without it ignore it)")
     render.add_argument("--framing", default="whole", metavar="F",
                         help="face: a portrait cropped to head and shoulders (the live default); whole: the picture as "
                              "given (default here, so that a render lines up with its source)")
@@ -367,7 +370,7 @@ def render_command(args: argparse.Namespace) -> int:
     try:
         result = render(args.avatar, args.audio, args.output, args.backend, args.fps, size, args.timing,
                         mouth_gain=args.mouth_gain, emotion=args.emotion, emotion_intensity=args.emotion_intensity,
-                        framing=args.framing)
+                        motion=args.motion, framing=args.framing)
     except (RenderError, AvatarFileError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

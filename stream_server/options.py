@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE, Expression
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOTIONS, MOUTH_GAIN_RANGE, Expression
 from engines.images import DEFAULT_FRAMING, FRAMINGS
 from engines.registry import BackendRegistry, backend_names
 from stream_server.avatars import CAMERA, AvatarLibrary
 from stream_server.config import Settings
 
-OPTION_NAMES = ("backend", "avatar", "fps", "width", "height", "mouth_gain", "emotion", "emotion_intensity", "framing")
-EXPRESSION_NAMES = ("mouth_gain", "emotion", "emotion_intensity")  # what a running stream may change
+OPTION_NAMES = ("backend", "avatar", "fps", "width", "height", "mouth_gain", "emotion", "emotion_intensity", "motion", "framing")
+EXPRESSION_NAMES = ("mouth_gain", "emotion", "emotion_intensity", "motion")  # what a running stream may change
 MIN_SIDE, MAX_SIDE = 64, 1920
 CAMERA_SIZE = (640, 480)  # used when the camera sends nothing to take the size from
 
@@ -33,12 +33,14 @@ class SessionOptions:
     mouth_gain: float = DEFAULT_MOUTH_GAIN  # Expression.mouth_gain
     emotion: str = DEFAULT_EMOTION  # Expression.emotion
     emotion_intensity: float = 1.0  # Expression.emotion_intensity
+    motion: str | None = None  # Expression.motion (None: the avatar's default)
     framing: str = DEFAULT_FRAMING  # a portrait cropped to head and shoulders ("face") or "whole"
 
     @property
     def expression(self) -> Expression:
         """What the stream's frame jobs carry (``FrameJob.expression``)."""
-        return Expression(mouth_gain=self.mouth_gain, emotion=self.emotion, emotion_intensity=self.emotion_intensity)
+        return Expression(mouth_gain=self.mouth_gain, emotion=self.emotion, emotion_intensity=self.emotion_intensity,
+                          motion=self.motion)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,8 +84,8 @@ def parse_options(raw: Any, settings: Settings, avatars: AvatarLibrary, backends
     return SessionOptions(backend, avatar, fps, width // 2 * 2, height // 2 * 2, *_fields(expression), framing=framing)
 
 
-def _fields(expression: Expression) -> tuple[float, str, float]:
-    return expression.mouth_gain, expression.emotion, expression.emotion_intensity
+def _fields(expression: Expression) -> tuple[float, str, float, str | None]:
+    return expression.mouth_gain, expression.emotion, expression.emotion_intensity, expression.motion
 
 
 def expression_options(raw: dict[str, Any], current: Expression) -> Expression:
@@ -93,7 +95,19 @@ def expression_options(raw: dict[str, Any], current: Expression) -> Expression:
         mouth_gain=mouth_gain_option(raw.get("mouth_gain", current.mouth_gain)),
         emotion=emotion_option(raw.get("emotion", current.emotion)),
         emotion_intensity=intensity_option(raw.get("emotion_intensity", current.emotion_intensity)),
+        motion=motion_option(raw.get("motion", current.motion)),
     )
+
+
+def motion_option(value: Any) -> str | None:
+    """One of ``MOTIONS`` (None: the avatar's default), or OptionError listing them."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in MOTIONS:
+        raise OptionError(f"motion must be one of {', '.join(MOTIONS)} (how much the head, brows and eyes move with "
+                          f"the voice; default natural on a portrait, none added to the camera), got {value!r}",
+                          list(MOTIONS))
+    return value.strip().lower()
 
 
 def framing_option(value: Any) -> str:

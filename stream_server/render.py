@@ -127,6 +127,7 @@ def render(
     mouth_gain: float = DEFAULT_MOUTH_GAIN,
     emotion: str = DEFAULT_EMOTION,
     emotion_intensity: float = 1.0,
+    motion: str | None = None,
     framing: str = "whole",  # offline renders keep the picture as given, so they line up with their source
 ) -> RenderResult:
     started = time.perf_counter()
@@ -135,7 +136,8 @@ def render(
         raise RenderError("timing must be 'ideal' or 'realtime'")
     try:
         expression = expression_options(
-            {"mouth_gain": mouth_gain, "emotion": emotion, "emotion_intensity": emotion_intensity}, Expression())
+            {"mouth_gain": mouth_gain, "emotion": emotion, "emotion_intensity": emotion_intensity, "motion": motion},
+            Expression())
         framing = framing_option(framing)
     except OptionError as exc:
         raise RenderError(str(exc)) from exc

@@ -75,7 +75,7 @@ def test_every_job_of_a_stream_carries_its_expression() -> None:
 @pytest.fixture(scope="module")
 def still_mesh() -> MeshBackend:
     backend = MeshBackend()
-    backend.idle_motion = False  # no blink or sway between the frames compared
+    backend.head_motion = False  # no head motion or blink between the frames compared
     return backend
 
 

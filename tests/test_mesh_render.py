@@ -12,7 +12,7 @@ import pytest
 
 from engines.face import FaceLandmarker, mouth_opening
 from engines.mesh.geometry import LIP_LOWER_OUTER, LIP_UPPER_OUTER, eye_gap
-from engines.mesh.idle import IdleMotion
+from engines.head_motion.model import HeadPose
 from engines.mesh.prepare import prepare_face
 from engines.mesh.render import render_mouth
 from engines.mouth import MouthParams
@@ -139,7 +139,7 @@ def test_camera_frames_reuse_the_previous_triangulation_while_it_fits() -> None:
 def test_blink_closes_the_eyes(face, landmarker):
     image, _, prepared = face
     before = eye_gap(_measure(landmarker, image))
-    after = eye_gap(_measure(landmarker, render_mouth(prepared, MouthParams(prepared.rest_open), blink=1.0)))
+    after = eye_gap(_measure(landmarker, render_mouth(prepared, MouthParams(prepared.rest_open), HeadPose(blink=1.0))))
     assert after < 0.5 * before, f"blink=1: eye gap {before:.3f} -> {after:.3f}"
 
 
@@ -147,26 +147,12 @@ def test_contract_and_input_untouched(face):
     image, lm, _ = face
     image_copy, lm_copy = image.copy(), lm.copy()
     prepared = prepare_face(image, lm)
-    for params, blink, sway in ((MouthParams(0.7, 0.5, 0.0), 0.5, (2.0, -1.0, 1.5)),
-                                (MouthParams(0.0, -1.0, 1.0), 1.0, (0.0, 0.0, 0.0))):
-        out = render_mouth(prepared, params, blink, sway)
+    for params, pose in ((MouthParams(0.7, 0.5, 0.0), HeadPose(3.0, -2.0, 1.5, 0.02, -0.01, 0.03, blink=0.5)),
+                         (MouthParams(0.0, -1.0, 1.0), HeadPose(blink=1.0))):
+        out = render_mouth(prepared, params, pose)
         assert out.dtype == np.uint8 and out.shape == image.shape
         assert out is not image and not np.shares_memory(out, image)
     assert np.array_equal(image, image_copy) and np.array_equal(lm, lm_copy)
-
-
-def test_idle_motion_is_deterministic_and_natural():
-    a, b = IdleMotion(5, 25), IdleMotion(5, 25)
-    times = np.arange(0, 60, 1 / 25)
-    blinks = np.array([a.blink_at(t) for t in times[::-1]])[::-1]  # any query order
-    assert np.array_equal(blinks, [b.blink_at(t) for t in times])
-    starts = np.nonzero((blinks[1:] > 0) & (blinks[:-1] == 0))[0]
-    assert 8 <= len(starts) <= 35 and blinks.max() > 0.9
-    sway = np.array([a.sway_at(t) for t in times])
-    assert np.abs(sway[:, :2]).max() <= 2.0 + 1e-6 and np.abs(sway[:, 2]).max() < 2.0
-    assert np.abs(np.diff(sway, axis=0)).max() < 0.2  # slow
-    off = IdleMotion(5, 25, blinks=False, sway=False)
-    assert off.at(3.0) == (0.0, (0.0, 0.0, 0.0))
 
 
 def test_print_timing(face):
@@ -177,12 +163,11 @@ def test_print_timing(face):
         t0 = time.perf_counter()
         prepare_face(image, lm)
         prep.append((time.perf_counter() - t0) * 1e3)
-    idle = IdleMotion(1, 25)
     ms = []
     for k in range(60):
-        blink, sway = idle.frame(k)
+        pose = HeadPose(3 * np.sin(k / 7), 2 * np.sin(k / 5), np.sin(k / 9), 0.0, 0.0, 0.02 * max(np.sin(k / 4), 0), 0.0)
         t0 = time.perf_counter()
-        render_mouth(prepared, MouthParams(0.5 + 0.4 * np.sin(k / 3), 0.3 * np.cos(k / 5), 0.0), blink, sway)
+        render_mouth(prepared, MouthParams(0.5 + 0.4 * np.sin(k / 3), 0.3 * np.cos(k / 5), 0.0), pose)
         ms.append((time.perf_counter() - t0) * 1e3)
     print(f"{image.shape[1]}x{image.shape[0]}: prepare p50 {np.median(prep):.1f} ms; "
           f"render p50 {np.median(ms):.1f} / p95 {np.percentile(ms, 95):.1f} ms (one thread)")

@@ -38,7 +38,7 @@ CONTEXT_S = 0.8  # the speech energy that scales the free motion
 N_COSINES = 48
 WEIGHTS = Path(__file__).with_name("weights.npz")
 ONE_SIDED_SCALE = 1.0 / math.sqrt(0.5 - 0.5 / math.pi)  # max(n, 0) of a unit normal has variance 1/2 - 1/(2 pi)
-AMOUNTS = {"still": 0.0, "natural": 1.0, "lively": 1.6}
+AMOUNTS = {"still": 0.0, "natural": 1.0, "lively": 1.6}  # by engines.base.MOTIONS
 
 
 @dataclass(frozen=True)
@@ -158,3 +158,11 @@ class Blinks:
                 p = x / close if x < close else 1.0 - (x - close) / (1.0 - close)
                 return float(p * p * (3.0 - 2.0 * p))
         return 0.0
+
+
+def motion_amount(motion: str | None, camera: bool) -> float:
+    """How much motion a stream's ``motion`` option adds (AMOUNTS); unset: ``natural`` on a
+    portrait, nothing on the camera, whose head is the user's own."""
+    if motion is None:
+        return 0.0 if camera else AMOUNTS["natural"]
+    return AMOUNTS[motion]

@@ -3,9 +3,10 @@
 Per video frame (NaN without a face), all relative to the clip's own rest (its median), so that
 a clip's camera angle and a face's build drop out:
 
-* ``yaw``, ``pitch``, ``roll`` (degrees): the rigid rotation (Kabsch) that takes the clip's median
-  face to this frame's, fitted on landmarks that do not move when one speaks or frowns (the upper
-  face oval, nose, eye corners), in FaceMesh's 3-D coordinates (x, y pixels, z relative depth).
+* ``yaw``, ``pitch``, ``roll`` (degrees): the rigid rotation (Umeyama, no scale) that takes the
+  clip's median face to this frame's, fitted on landmarks that do not move when one speaks or
+  frowns (``gaussian.rig.RIGID``: forehead, nose, eye corners, temples), in FaceMesh's 3-D
+  coordinates (x, y pixels, z relative depth).
   Yaw turns the face towards image right, pitch nods the chin down, roll tilts clockwise.
 * ``tx``, ``ty``: where those landmarks' centre is, in eye distances (33-263).
 * ``brow``: how far the brows are above the eyes, in the pose-aligned face, in eye distances.
@@ -23,14 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from engines.audio2mouth.clips import content_hash
+from engines.gaussian.rig import RIGID, umeyama  # the landmarks that move with the skull only
 
 CACHE_DIR = Path(os.environ.get("LIPSYNC_CACHE", Path.home() / ".cache" / "lipsync-stream")) / "motion-tracks"
-TRACK_VERSION = "facemesh-0.10.21-kabsch-v1"  # change when the measure changes: old caches are ignored
+TRACK_VERSION = "facemesh-0.10.21-umeyama-v2"  # change when the measure changes: old caches are ignored
 CHANNELS = ("yaw", "pitch", "roll", "tx", "ty", "brow", "eyelid")
 
-# landmarks that move with the skull only: the upper face oval, the nose bridge and tip, eye corners
-RIGID = (10, 338, 297, 332, 284, 251, 389, 356, 454, 234, 127, 162, 21, 54, 103, 67, 109,
-         168, 6, 197, 195, 5, 4, 1, 33, 133, 263, 362)
 BROWS = (70, 63, 105, 66, 107, 300, 293, 334, 296, 336)  # the brows' upper edge, both sides
 UPPER_LIDS = (159, 386)
 LOWER_LIDS = (145, 374)
@@ -40,13 +39,6 @@ EYE_OUTER = (33, 263)
 
 def eye_distance(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(landmarks[EYE_OUTER[0], :2] - landmarks[EYE_OUTER[1], :2]))
-
-
-def kabsch(reference: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """The rotation R (3x3, det +1) that best maps centred ``reference`` onto centred ``points``."""
-    u, _, vt = np.linalg.svd(reference.T @ points)
-    d = np.sign(np.linalg.det(u @ vt))
-    return (u @ np.diag([1.0, 1.0, d]) @ vt).T
 
 
 def euler_degrees(rotation: np.ndarray) -> tuple[float, float, float]:
@@ -94,7 +86,7 @@ def measure(landmarks: list[np.ndarray | None]) -> dict[str, np.ndarray]:
         if lm is None:
             continue
         points = normalised(lm)
-        rotation = kabsch(ref_rigid, points[list(RIGID)])
+        _, rotation, _ = umeyama(ref_rigid, points[list(RIGID)], with_scale=False)
         out["yaw"][n], out["pitch"][n], out["roll"][n] = euler_degrees(rotation)
         out["brow"][n], out["eyelid"][n] = face_measures(points @ rotation)  # undo the pose: p R = R^T p
         centre = lm[list(RIGID), :2].astype(np.float64).mean(axis=0) / max(eye_distance(lm), 1e-6)

@@ -9,6 +9,7 @@ unchanged, counted in ``face_lost``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,22 +21,20 @@ import numpy as np
 from engines.audio2mouth.model import AudioToMouth
 from engines.base import Avatar, AvatarError, Backend, BackendError, ClosedStreams, FrameJob
 from engines.face import FaceLandmarker, face_scale, portrait_face
+from engines.head_motion.model import HeadMotion, MotionWeights, motion_amount
 from engines.mesh.calibrate import OpeningMap, calibrate
-from engines.mesh.idle import IdleMotion
 from engines.mesh.prepare import PreparedFace, prepare_face
 from engines.mesh.render import render_mouth
 from engines.mouth import MouthParams
 
 MIN_EYE_DISTANCE_PX = 24  # smaller faces cannot be warped convincingly
-# head sway amplitude, as a fraction of the eye distance: enough not to look frozen, small
-# enough not to blur what the mouth says (FaceMesh reads its effect on the lip gap as ~0.005)
-SWAY_PER_EYE_DISTANCE = 0.02
 
 # another audio-to-mouth weights file (``python -m engines.audio2mouth.train --out FILE``) instead
 # of the committed one; read when the backend is created
 WEIGHTS_ENV = "LIPSYNC_MOUTH_WEIGHTS"
 
 _MODEL = AudioToMouth.load()
+_MOTION = MotionWeights.load()
 
 
 def mouth_model() -> AudioToMouth:
@@ -59,7 +58,7 @@ def mouth_model() -> AudioToMouth:
 class _Stream:
     """What one session's frames carry over from one frame to the next."""
 
-    idle: IdleMotion
+    motion: HeadMotion
     tracker: FaceLandmarker | None = None
     face_lost: int = 0
     last_camera: tuple[np.ndarray, PreparedFace | None] | None = None  # (frame, its face)
@@ -74,7 +73,7 @@ class MeshBackend(Backend):
     batch_size = 4
     quality_rank = 1  # a warped mouth: below a generated one (musetalk, 2)
     in_processes = True  # numpy and OpenCV work per frame: spread over worker processes
-    idle_motion = True  # blinks and a slight head sway on still portraits
+    head_motion = True  # head, brows and blinks that follow the voice (engines/head_motion)
 
     def __init__(self) -> None:
         self._model = mouth_model()
@@ -109,21 +108,24 @@ class MeshBackend(Backend):
             # and smoothing its output would add lag (measured: mean r 0.145 without, 0.127 with
             # an exponential average of weight 0.65)
             params = MouthParams.from_array(raw).with_gain(job.expression.mouth_gain)
+            amount = motion_amount(job.expression.motion, camera=job.avatar.is_camera) if self.head_motion else 0.0
+            pose = stream.motion.at(job.time_s, job.audio.pcm, job.audio.before_s, amount)
             if job.avatar.is_camera:
                 face = self._track(stream, job.base_frame)
                 if face is None:
                     stream.face_lost += 1
                     frames.append(job.base_frame)
                     continue
-                frames.append(render_mouth(face, params))
+                # the user's own eyes blink: only the head motion asked for is added
+                frames.append(render_mouth(face, params, dataclasses.replace(pose, blink=0.0)))
             else:
                 face = job.avatar.data["face"]
                 opening: OpeningMap | None = job.avatar.data["opening"]
                 if opening is not None:
                     params = opening.apply(params)
-                blink, (dx, dy, roll) = stream.idle.at(job.time_s) if self.idle_motion else (0.0, (0.0, 0.0, 0.0))
-                scale = SWAY_PER_EYE_DISTANCE * face.scale / stream.idle.sway_px  # sway in proportion to the face
-                frames.append(render_mouth(face, params, blink, (dx * scale, dy * scale, roll)))
+                if not self.head_motion:
+                    pose = dataclasses.replace(pose, blink=0.0)
+                frames.append(render_mouth(face, params, pose))
         return frames
 
     def _stream(self, job: FrameJob) -> _Stream | None:
@@ -132,8 +134,8 @@ class MeshBackend(Backend):
             if job.stream_id in self._closed:
                 return None
             if job.stream_id not in self._streams:
-                seed = sum(job.stream_id.encode())  # different sessions blink at different times
-                self._streams[job.stream_id] = _Stream(idle=IdleMotion(seed=seed, fps=25.0))
+                seed = sum(job.stream_id.encode())  # different sessions move and blink differently
+                self._streams[job.stream_id] = _Stream(motion=HeadMotion(_MOTION, seed=seed))
             return self._streams[job.stream_id]
 
     @staticmethod

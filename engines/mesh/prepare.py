@@ -14,6 +14,7 @@ from scipy.spatial import Delaunay
 
 from engines.face import N_LANDMARKS, face_scale, mouth_opening
 from engines.mesh import geometry as G
+from engines.mesh.head import HeadRig, rig_of
 from engines.mesh.targets import targets
 from engines.mouth import OPENING_AT_FULL, MouthParams
 
@@ -51,13 +52,14 @@ class PreparedFace:
     rest: G.MouthRest
     src: np.ndarray          # (N_POINTS, 2) float64 mesh points in the source
     triangles: np.ndarray    # (T, 3) int32
-    centre: np.ndarray       # head centre (sway pivot)
+    centre: np.ndarray       # head centre in the image
     step: int                # coarse grid step, px
     grid_origin: tuple[int, int]  # x, y of the region the grid covers (may leave the image)
     grid_size: tuple[int, int]    # nx, ny coarse samples
     colours: Colours
     cavity: Cavity | None = None  # set when the source mouth is open
     orientation: np.ndarray | None = None  # (T,) sign of each triangle in the topology layout
+    rig: HeadRig | None = None  # for moving the whole head (head.py)
 
     @property
     def rest_open(self) -> float:
@@ -91,7 +93,7 @@ def prepare_face(image: np.ndarray, landmarks: np.ndarray, previous: PreparedFac
 
     # topology from a wide-open configuration, where the lip rows and interior rows are apart
     topo_open = max(0.8, rest.rest_opening / OPENING_AT_FULL + 0.4)
-    topo = targets(src, rest, centre, MouthParams(topo_open, 0.0, 0.0), 0.0, (0.0, 0.0, 0.0), pts)
+    topo = targets(src, rest, MouthParams(topo_open, 0.0, 0.0), 0.0, pts)
     tri, orientation = None, None
     if previous is not None and previous.orientation is not None:
         area = signed_areas(topo, previous.triangles)
@@ -113,7 +115,7 @@ def prepare_face(image: np.ndarray, landmarks: np.ndarray, previous: PreparedFac
     ny = max(1, -(-(y1 - y0) // step))
     cavity = _cavity(image, pts, s) if rest.rest_opening >= OPEN_SOURCE else None
     return PreparedFace(image, landmarks, s, rest, src, tri, centre, step, (x0, y0), (nx, ny),
-                        _sample_colours(image, pts, rest, s), cavity, orientation)
+                        _sample_colours(image, pts, rest, s), cavity, orientation, rig_of(landmarks, centre, s))
 
 
 def signed_areas(points: np.ndarray, tri: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The `mesh` backend's renderer: a piecewise-affine warp of the face driven by mouth parameters,
-a synthesised mouth interior, blinks and a slight head sway.
+a synthesised mouth interior, blinks, and the head's pose and brows.
 
 ``prepare_face`` (prepare.py) caches what one image and its landmarks allow; ``render_mouth``
 builds the target mesh for one frame (targets.py), warps the region that moves (warp.py) and
@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from engines.head_motion.model import HeadPose
 from engines.mesh import geometry as G
 from engines.mesh.interior import interior, seam
 from engines.mesh.prepare import PreparedFace
-from engines.mesh.targets import targets
+from engines.mesh.targets import STILL, targets
 from engines.mesh.warp import warp
 from engines.mouth import MouthParams
 
 
-def render_mouth(face: PreparedFace, params: MouthParams, blink: float = 0.0,
-                 sway: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+def render_mouth(face: PreparedFace, params: MouthParams, pose: HeadPose = STILL) -> np.ndarray:
+    """One frame: the mouth as ``params`` say, the eyes, brows and head as ``pose`` says."""
     out = face.image.copy()
-    tgt = targets(face.src, face.rest, face.centre, params, blink, sway, face.src)
+    blink = pose.blink
+    tgt = targets(face.src, face.rest, params, blink, face.src, pose, face.rig)
     moved = np.abs(tgt - face.src).max(axis=1) > 1e-4
     tri = face.triangles[moved[face.triangles].any(axis=1)]
     if len(tri):

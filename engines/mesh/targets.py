@@ -1,19 +1,22 @@
 """The target mesh for one frame of the `mesh` renderer: the mesh points moved by the mouth
-parameters, a blink and a slight head sway (the motion model itself is ``geometry.py``'s).
+parameters, a blink, and the head's pose and brows (the motion models are ``geometry.py``'s and
+``head.py``'s).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from engines.head_motion.model import HeadPose
 from engines.mesh import geometry as G
+from engines.mesh.head import HeadRig
 from engines.mouth import MouthParams
 
+STILL = HeadPose()
 
-def targets(src: np.ndarray, rest: G.MouthRest, centre: np.ndarray, params: MouthParams,
-            blink: float, sway: tuple[float, float, float], pts: np.ndarray) -> np.ndarray:
+
+def targets(src: np.ndarray, rest: G.MouthRest, params: MouthParams, blink: float, pts: np.ndarray,
+            pose: HeadPose = STILL, rig: HeadRig | None = None) -> np.ndarray:
     tgt = src.copy()
     gaps = G.target_gaps(rest, params.open, params.width, params.closure)
     disp_local, rows = G.mouth_displacement(rest, gaps, params.width, params.closure)
@@ -25,11 +28,6 @@ def targets(src: np.ndarray, rest: G.MouthRest, centre: np.ndarray, params: Mout
     tgt[G.RING1: G.RING2] += 0.35 * disp[list(G.FACE_OVAL)]
     for idx, p in G.eye_targets(pts, blink).items():
         tgt[idx] = p
-    dx, dy, roll = sway
-    if dx or dy or roll:
-        a = math.radians(roll)
-        c, s_ = math.cos(a), math.sin(a)
-        rot = np.array([[c, -s_], [s_, c]])
-        head = tgt[: G.RING2] - centre
-        tgt[: G.RING2] = head @ rot.T + centre + np.array([dx, dy])
+    if rig is not None and pose.moves:
+        tgt = rig.pose(tgt, pose)
     return tgt
