@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOUTH_GAIN_RANGE
+from engines.base import DEFAULT_EMOTION, DEFAULT_MOUTH_GAIN, EMOTIONS, MOTIONS, MOUTH_GAIN_RANGE
 from engines.registry import BackendRegistry
 from engines import features
 from stream_server import metrics, whip
@@ -133,6 +133,7 @@ async def config(request: web.Request) -> web.Response:
             "mouth_gain": {"default": DEFAULT_MOUTH_GAIN, "min": MOUTH_GAIN_RANGE[0], "max": MOUTH_GAIN_RANGE[1]},
             "emotion": {"default": DEFAULT_EMOTION, "choices": list(EMOTIONS)},
             "framing": {"default": DEFAULT_FRAMING, "choices": list(FRAMINGS)},
+            "motion": {"default": None, "choices": list(MOTIONS)},
         }
     )
 

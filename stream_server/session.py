@@ -281,7 +281,7 @@ class Session:
         if expression != self.pipeline.expression:
             self.pipeline.expression = expression
             self.add_event(f"expression: mouth gain {expression.mouth_gain:g}, emotion {expression.emotion} "
-                           f"({expression.emotion_intensity:g})")
+                           f"({expression.emotion_intensity:g}), motion {expression.motion or 'default'}")
         return expression
 
     async def close(self, reason: str = "closed") -> None:

@@ -82,7 +82,7 @@ async def test_a_running_session_changes_its_emotion_over_the_stats_socket(start
                     replies.append(message)
                 elif message["type"] == "stats":
                     stats = message
-        assert replies[0] == {"type": "expression", "mouth_gain": 1.75, "emotion": "happy", "emotion_intensity": 0.8}
+        assert replies[0] == {"type": "expression", "mouth_gain": 1.75, "emotion": "happy", "emotion_intensity": 0.8, "motion": None}
         assert replies[1]["type"] == "error" and replies[1]["valid"] == list(EMOTIONS)
         assert replies[2]["type"] == "error" and "unknown expression field(s) loudness" in replies[2]["error"]
         assert stats["emotion_intensity"] == 0.8

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
+from engines.base import MOTIONS, Expression
 from engines.face import FaceLandmarker
 from engines.gaussian.rig import RIGID, umeyama
 from engines.head_motion.model import AMOUNTS, CHANNELS, HeadMotion, HeadPose, MotionWeights, motion_amount
@@ -18,6 +20,12 @@ from engines.media_io import load_audio
 from engines.mesh.prepare import prepare_face
 from engines.mesh.render import render_mouth
 from engines.mouth import MouthParams
+from engines.registry import BackendRegistry
+from stream_server.avatars import BUNDLED, AvatarLibrary
+from stream_server.config import Settings
+from stream_server.options import OptionError, SessionOptions, parse_options
+from tests.cli_runs import cli as run_cli, render_arguments
+from tests.conftest import StartServer, offer_sdp
 from tests.media import shared_media
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "stream_server" / "assets" / "astronaut.jpg"
@@ -103,3 +111,38 @@ def test_facemesh_reads_the_rendered_turn_and_brow_lift_back() -> None:
     brow_up, lid_up = face_measures(normalised(landmarks_after))
     assert 0.035 < brow_up - brow_rest < 0.07, brow_up - brow_rest  # FaceMesh reads back what was asked (BROW_GAIN)
     assert abs(lid_up - lid_rest) < 0.05  # the eyes stay open
+
+
+
+def parse(raw: object) -> SessionOptions:
+    return parse_options(raw, Settings(port=0), AvatarLibrary(), BackendRegistry(BUNDLED["astronaut"]))
+
+
+def test_the_motion_option_is_one_of_three_or_unset() -> None:
+    assert parse({}).expression.motion is None
+    assert parse({"motion": "Lively"}).expression == Expression(motion="lively")
+    for bad in ("wild", "", 3, ["still"]):
+        with pytest.raises(OptionError, match="motion must be one of still, natural, lively") as error:
+            parse({"motion": bad})
+        assert error.value.valid == list(MOTIONS)
+
+
+async def test_offers_channels_and_config_take_the_motion_option(start_server: StartServer) -> None:
+    live = await start_server()
+    async with aiohttp.ClientSession() as http:
+        offer = {"sdp": await offer_sdp(), "type": "offer", "options": {"motion": "wild"}}
+        async with http.post(f"{live.url}/offer", json=offer) as response:
+            body = await response.json()
+        assert response.status == 400 and "motion must be one of" in body["error"] and body["valid"] == list(MOTIONS)
+        async with http.get(f"{live.url}/config") as response:
+            assert (await response.json())["motion"] == {"default": None, "choices": list(MOTIONS)}
+        async with http.post(f"{live.url}/channels", json={"name": "calm", "options": {"motion": "still"}}) as response:
+            assert response.status == 201 and (await response.json())["options"]["motion"] == "still"
+
+
+def test_render_passes_motion_on_and_refuses_a_bad_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, seen = render_arguments(monkeypatch, "--avatar", "astronaut", "--audio", "a.wav", "-o", "o.mp4", "--motion", "still")
+    assert seen["motion"] == "still"
+    speech = tmp_path / "speech.wav"
+    result = run_cli("render", "--avatar", "astronaut", "--audio", str(speech), "-o", str(tmp_path / "o.mp4"), "--motion", "wild")
+    assert result.returncode == 2 and "motion must be one of still, natural, lively" in result.stderr

@@ -201,11 +201,15 @@ async function loadChoices() {
   Object.assign($('mouth-gain'), { min: gain.min, max: gain.max, value: gain.default });
   const emotion = state.config.emotion || { default: 'neutral', choices: ['neutral'] };
   fillSelect($('emotion'), emotion.choices.map((e) => ({ value: e, label: e })), emotion.default);
+  const motion = state.config.motion || { choices: ['still', 'natural', 'lively'] };
+  fillSelect($('motion'), [{ value: '', label: 'default' }, ...motion.choices.map((m) => ({ value: m, label: m }))], '');
 }
 
 // The emotion picked and its intensity, as the options and a running stream's change name them.
 function emotionOptions() {
-  return { emotion: $('emotion').value, emotion_intensity: Number($('emotion-intensity').value) };
+  const chosen = { emotion: $('emotion').value, emotion_intensity: Number($('emotion-intensity').value) };
+  if ($('motion').value) chosen.motion = $('motion').value; // unset: the avatar's default
+  return chosen;
 }
 
 // A change of emotion while a session runs goes over the stats WebSocket; the server answers
@@ -216,6 +220,7 @@ function sendEmotion() {
 }
 $('emotion').addEventListener('change', sendEmotion);
 $('emotion-intensity').addEventListener('change', sendEmotion);
+$('motion').addEventListener('change', sendEmotion);
 
 // The mouth gain typed in; the server refuses (with the range) one out of range.
 function mouthGain() {
