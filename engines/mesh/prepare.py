@@ -93,7 +93,7 @@ def prepare_face(image: np.ndarray, landmarks: np.ndarray, previous: PreparedFac
 
     # topology from a wide-open configuration, where the lip rows and interior rows are apart
     topo_open = max(0.8, rest.rest_opening / OPENING_AT_FULL + 0.4)
-    topo = targets(src, rest, MouthParams(topo_open, 0.0, 0.0), 0.0, pts)
+    topo = targets(src, rest, MouthParams(topo_open, 0.0, 0.0), pts)
     tri, orientation = None, None
     if previous is not None and previous.orientation is not None:
         area = signed_areas(topo, previous.triangles)

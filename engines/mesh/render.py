@@ -23,7 +23,7 @@ def render_mouth(face: PreparedFace, params: MouthParams, pose: HeadPose = STILL
     """One frame: the mouth as ``params`` say, the eyes, brows and head as ``pose`` says."""
     out = face.image.copy()
     blink = pose.blink
-    tgt = targets(face.src, face.rest, params, blink, face.src, pose, face.rig)
+    tgt = targets(face.src, face.rest, params, face.src, pose, face.rig)
     moved = np.abs(tgt - face.src).max(axis=1) > 1e-4
     tri = face.triangles[moved[face.triangles].any(axis=1)]
     if len(tri):

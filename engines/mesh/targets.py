@@ -15,8 +15,9 @@ from engines.mouth import MouthParams
 STILL = HeadPose()
 
 
-def targets(src: np.ndarray, rest: G.MouthRest, params: MouthParams, blink: float, pts: np.ndarray,
+def targets(src: np.ndarray, rest: G.MouthRest, params: MouthParams, pts: np.ndarray,
             pose: HeadPose = STILL, rig: HeadRig | None = None) -> np.ndarray:
+    """The mesh points for ``params`` and ``pose`` (its blink always; its head and brows given a ``rig``)."""
     tgt = src.copy()
     gaps = G.target_gaps(rest, params.open, params.width, params.closure)
     disp_local, rows = G.mouth_displacement(rest, gaps, params.width, params.closure)
@@ -26,7 +27,7 @@ def targets(src: np.ndarray, rest: G.MouthRest, params: MouthParams, blink: floa
     tgt[G.MID_UP: G.MID_UP + 2 * G.N_PAIRS] = frame.origin + frame.to_image_vec(rows)
     # ring 1 (neck, hair) follows the nearest face-oval point a little: the chin's drop spreads out
     tgt[G.RING1: G.RING2] += 0.35 * disp[list(G.FACE_OVAL)]
-    for idx, p in G.eye_targets(pts, blink).items():
+    for idx, p in G.eye_targets(pts, pose.blink).items():
         tgt[idx] = p
     if rig is not None and pose.moves:
         tgt = rig.pose(tgt, pose)
