@@ -6,7 +6,7 @@ it. The prefetch does nothing for reordering or loss: a missing packet holds the
 hole whatever the prefetch (until it comes, or the buffer's 16 packets overflow), so packets
 still leave in order. A prefetch of 1 (the next packet shows the oldest is whole) costs 20 ms.
 Measured in the browser: glass-to-glass p50 220 -> 161 ms (README "Glass-to-glass"). A camera
-avatar's slots wait for their camera frame (``Pipeline.due_with_camera``), whose path is then the
+avatar's slots wait for their camera frame (``LivePipeline.input_horizon``), whose path is then the
 slower one, so the shorter buffer cannot put its sound ahead of its pictures.
 """
 

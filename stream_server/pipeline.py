@@ -128,22 +128,12 @@ class StreamPipeline:
     # -- generation ------------------------------------------------------------------------
     def due(self, now: float, horizon: float | None = None) -> list[int]:
         """The slots to hand to the backend at media time ``now``, with the audio arrived up to
-        ``horizon`` (by default what the audio intake holds)."""
-        if horizon is None:
-            horizon = self.audio_in.horizon_s if self.audio_in.started else -math.inf
-        return self.scheduler.poll(now, horizon)
+        ``horizon`` (by default ``input_horizon``)."""
+        return self.scheduler.poll(now, self.input_horizon() if horizon is None else horizon)
 
-    def due_with_camera(self, now: float) -> list[int]:
-        """As ``due``; a camera avatar's slot also waits (until its last call) for the camera
-        frame taken nearest to it: the camera's path can be slower than the microphone's, and
-        a slot cut from an older frame would show the picture behind the sound."""
-        horizon = self.audio_in.horizon_s if self.audio_in.started else -math.inf
-        if isinstance(self.frames, CameraFrames) and self.camera.frames:
-            taken = self.camera.newest_taken(self.clock)
-            if taken is not None:
-                seen = taken + self.scheduler.config.interval_s / 2  # the nearest frame to a slot up to here is in
-                horizon = min(horizon, seen + self.scheduler.config.lookahead_s)
-        return self.due(now, horizon)
+    def input_horizon(self) -> float:
+        """How far the inputs a slot needs have arrived, as audio time: what the audio intake holds."""
+        return self.audio_in.horizon_s if self.audio_in.started else -math.inf
 
     def job(self, slot: int) -> Callable[[], FrameJob]:
         """The job for a slot: its audio window is cut and its base frame chosen now; the
@@ -255,6 +245,18 @@ class LivePipeline(StreamPipeline):
                 self.clock.observe_camera(taken_s, delivered)
             self._wake.set()  # a slot may have been waiting for this frame
 
+    def input_horizon(self) -> float:
+        """As the base's; a camera avatar's slot also waits (until its last call) for the camera
+        frame taken nearest to it: the camera's path can be slower than the microphone's, and
+        a slot cut from an older frame would show the picture behind the sound."""
+        horizon = super().input_horizon()
+        if isinstance(self.frames, CameraFrames) and self.camera.frames:
+            taken = self.camera.newest_taken(self.clock)
+            if taken is not None:
+                seen = taken + self.scheduler.config.interval_s / 2  # the nearest frame to a slot up to here is in
+                horizon = min(horizon, seen + self.scheduler.config.lookahead_s)
+        return horizon
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -276,7 +278,7 @@ class LivePipeline(StreamPipeline):
         self.started.set()
         interval = scheduler.config.interval_s
         while not self.stopped:
-            for slot in self.due_with_camera(self.clock.media_now()):
+            for slot in self.due(self.clock.media_now()):
                 self._dispatch(slot)
             self._wake.clear()
             timeout = self.clock.wall(scheduler.next_wakeup()) - MediaClock.wall_now()

@@ -67,13 +67,10 @@ class MotionWeights:
                        d["spectrum"].astype(np.float64), float(d["blink_interval_s"]), d["one_sided"].astype(bool))
 
 
-def lagged(features: np.ndarray, frame: int) -> np.ndarray:
-    """The filter's input at frame index ``frame`` of per-frame ``features`` (zeros outside)."""
-    index = frame + LAGS
-    inside = (index >= 0) & (index < len(features))
-    out = np.zeros((len(LAGS), features.shape[1]))
-    out[inside] = features[index[inside]]
-    return out.reshape(-1)
+def recent_energy(features: np.ndarray) -> np.ndarray:
+    """The mean speech energy over the lags up to now, of filter inputs ``(..., lags, features)``:
+    what scales the free motion."""
+    return features[..., LAGS <= 0, FEATURES.index("energy")].mean(axis=-1)
 
 
 @dataclass(frozen=True)
@@ -89,8 +86,13 @@ class HeadPose:
     blink: float = 0.0
 
     @property
+    def turns(self) -> bool:
+        """The head itself moves (turn or shift)."""
+        return any((self.yaw, self.pitch, self.roll, self.tx, self.ty))
+
+    @property
     def moves(self) -> bool:
-        return any((self.yaw, self.pitch, self.roll, self.tx, self.ty, self.brow))
+        return self.turns or bool(self.brow)
 
 
 class HeadMotion:
@@ -122,7 +124,7 @@ class HeadMotion:
         times = centre_s + LAGS / FPS
         features = prosody(pcm, times)
         driven = self.weights.filters @ features.reshape(-1)
-        recent = features[LAGS <= 0, 0].mean()
+        recent = recent_energy(features)
         spread = np.maximum(self.weights.sigma[:, 0] + self.weights.sigma[:, 1] * recent, 0.0)
         free = self.free(time_s)
         free = np.where(self.weights.one_sided, ONE_SIDED_SCALE * np.maximum(free, 0.0), free)

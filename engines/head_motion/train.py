@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.signal import welch
@@ -28,7 +29,7 @@ from scipy.stats import skew
 
 from engines.audio2mouth.clips import AUDIO_VERSION, CACHE_DIR as AUDIO_CACHE, content_hash, corpus_speakers, live_audio, speaker_folds
 from engines.head_motion.measures import blink_times, clip_measures, smoothed
-from engines.head_motion.model import CHANNELS, CONTEXT_S, LAGS, WEIGHTS, HeadMotion, MotionWeights
+from engines.head_motion.model import CHANNELS, CONTEXT_S, LAGS, WEIGHTS, HeadMotion, MotionWeights, recent_energy
 from engines.head_motion.prosody import FEATURES, FPS, prosody
 from engines.head_motion.tracks import motion_track
 from engines.lipsync_measures import fill_nan
@@ -119,20 +120,32 @@ def fit(clips: list[MotionClip], ridge: float = RIDGE) -> MotionWeights:
         gram = (xz * ws[:, None]).T @ xz
         scale = np.trace(gram) / len(gram)
         filters[ch] = np.linalg.solve(gram + ridge * scale * np.eye(len(gram)), (xz * ws[:, None]).T @ ys) / spread
-    # the free part. Its spread follows the speech energy of the last CONTEXT_S as the real
-    # motion's *speed* does (real heads move faster while talking, not further). Fitted within
-    # clips (each clip's speed relative to its own mean, against its energy less its own mean),
-    # so that speakers who are loud and still do not cancel speakers who are soft and restless;
-    # scaled to the median speaker's residual spread
-    recent_cols = [i * len(FEATURES) for i, lag in enumerate(LAGS) if lag <= 0]  # energy at lags <= 0, as model.at reads it
+    residuals = [np.stack([fill_nan(c.targets[:, ch] - c.inputs @ filters[ch]) for ch in range(len(CHANNELS))], axis=1)
+                 for c in clips]
+    return MotionWeights(filters, free_spread(clips, residuals, weight_of), np.fft.rfftfreq(SPECTRUM_FRAMES, 1.0 / FPS),
+                         free_spectrum(clips, residuals), blink_interval(clips), one_sided(clips))
+
+
+def median_speaker(per_speaker: dict[str, list]) -> Any:
+    """The median over speakers of each speaker's mean (of numbers, or element-wise of arrays)."""
+    return np.median([np.mean(values, axis=0) for values in per_speaker.values()], axis=0)
+
+
+def free_spread(clips: list[MotionClip], residuals: list[np.ndarray], weight_of: dict[str, float]) -> np.ndarray:
+    """(channels, 2): the free part's spread against the speech energy of the last CONTEXT_S.
+
+    It follows the energy as the real motion's *speed* does (real heads move faster while talking,
+    not further). Fitted within clips (each clip's speed relative to its own mean, against its
+    energy less its own mean), so that speakers who are loud and still do not cancel speakers who
+    are soft and restless; scaled to the median speaker's residual spread."""
     sigma = np.zeros((len(CHANNELS), 2))
     k = max(1, int(round(CONTEXT_S * FPS)))
     for ch in range(len(CHANNELS)):
         rows_e, rows_v, rows_w, levels = [], [], [], []
         spread_of: dict[str, list[float]] = {}
-        for c in clips:
-            resid = fill_nan(c.targets[:, ch] - c.inputs @ filters[ch])
-            recent = c.inputs[:, recent_cols].mean(axis=1)
+        for c, resid_all in zip(clips, residuals):
+            resid = resid_all[:, ch]
+            recent = recent_energy(c.inputs.reshape(len(c.inputs), len(LAGS), len(FEATURES)))
             speed = np.convolve(np.abs(np.diff(resid, prepend=resid[:1])), np.ones(k) / k, mode="same")
             if speed.mean() <= 1e-12:
                 continue
@@ -143,25 +156,28 @@ def fit(clips: list[MotionClip], ridge: float = RIDGE) -> MotionWeights:
         e, v, wt = np.concatenate(rows_e), np.concatenate(rows_v), np.concatenate(rows_w)
         slope = float(np.sum(wt * e * v) / max(np.sum(wt * e * e), 1e-12))
         level = sum(w * m for w, m in levels) / max(sum(w for w, _ in levels), 1e-12)
-        typical = float(np.median([np.mean(s_) for s_ in spread_of.values()]))
+        typical = float(median_speaker(spread_of))
         base = max(1.0 - slope * level, 0.1)  # the relative spread at silence: never quite still
         sigma[ch] = typical * np.array([base, slope])
-    # its spectrum: each speaker's (normalised), then the median speaker's at each frequency
-    freqs, spectra = np.fft.rfftfreq(SPECTRUM_FRAMES, 1.0 / FPS), []
+    return sigma
+
+
+def free_spectrum(clips: list[MotionClip], residuals: list[np.ndarray]) -> np.ndarray:
+    """(channels, bins): the free part's spectrum, each speaker's (normalised), then the median
+    speaker's at each frequency of ``rfftfreq(SPECTRUM_FRAMES)``."""
+    spectra = []
     for ch in range(len(CHANNELS)):
         per_speaker: dict[str, list[np.ndarray]] = {}
-        for c in clips:
+        for c, resid_all in zip(clips, residuals):
             grid = np.arange(c.times[0], c.times[-1], 1.0 / FPS)
             if len(grid) < SPECTRUM_FRAMES:
                 continue
-            resid = fill_nan(c.targets[:, ch] - c.inputs @ filters[ch])
-            z = np.interp(grid, c.times, resid)
+            z = np.interp(grid, c.times, resid_all[:, ch])
             _, power = welch(z - z.mean(), fs=FPS, nperseg=SPECTRUM_FRAMES)
             per_speaker.setdefault(c.speaker, []).append(power / max(float(power.sum()), 1e-12))
-        spectra.append(np.median([np.mean(p, axis=0) for p in per_speaker.values()], axis=0))
+        spectra.append(median_speaker(per_speaker))
     spectrum = np.stack(spectra)
-    spectrum /= spectrum.sum(axis=1, keepdims=True)
-    return MotionWeights(filters, sigma, np.asarray(freqs), spectrum, blink_interval(clips), one_sided(clips))
+    return spectrum / spectrum.sum(axis=1, keepdims=True)
 
 
 def one_sided(clips: list[MotionClip]) -> np.ndarray:
@@ -173,7 +189,7 @@ def one_sided(clips: list[MotionClip]) -> np.ndarray:
             values = c.targets[np.isfinite(c.targets[:, ch]), ch]
             if len(values) > 10:
                 per_speaker.setdefault(c.speaker, []).append(float(skew(values)))
-        flags.append(float(np.median([np.mean(v) for v in per_speaker.values()])) > ONE_SIDED_SKEW)
+        flags.append(float(median_speaker(per_speaker)) > ONE_SIDED_SKEW)
     return np.array(flags)
 
 

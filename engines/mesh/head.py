@@ -86,7 +86,7 @@ class HeadRig:
         """``tgt`` with the brows lifted, then the head turned and shifted."""
         if pose.brow:
             tgt = tgt + pose.brow * self.lift
-        if pose.yaw or pose.pitch or pose.roll or pose.tx or pose.ty:
+        if pose.turns:
             tgt = move_head(tgt, self.depth, self.pivot, pose, self.scale)
         return tgt
 
